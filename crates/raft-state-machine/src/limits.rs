@@ -30,7 +30,7 @@ pub const SEND_BATCH_ENTRIES_MAX: usize = 1000;
 
 /// Body bytes in one Send (one Raft entry). Bounds the size of a log entry
 /// and of an AppendEntries frame.
-pub const SEND_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const SEND_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Messages one Receive may return.
 pub const RECEIVE_MESSAGES_MAX: u32 = 1000;

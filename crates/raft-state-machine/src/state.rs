@@ -101,7 +101,7 @@ impl State {
                     .queues
                     .remove(&name)
                     .ok_or(QueueError::QueueNotFound { name })?;
-                effects.push(Effect::DeleteQueue { queue_id: queue.id });
+                effects.push(Effect::DeleteMessages { queue_id: queue.id, before: Seq(u64::MAX) });
                 Ok(Outcome::QueueDeleted {
                     messages_deleted: queue.messages.len() as u64,
                 })
@@ -113,7 +113,7 @@ impl State {
                 queue.ready.clear();
                 queue.in_flight.clear();
                 queue.counters.bytes = 0;
-                effects.push(Effect::DeleteQueue { queue_id: queue.id });
+                effects.push(Effect::DeleteMessages { queue_id: queue.id, before: Seq(queue.next_seq) });
                 Ok(Outcome::QueuePurged { messages_deleted })
             }
             Command::Send { queue, messages } => {
@@ -436,7 +436,11 @@ impl Queue {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Some(hash) = hash {
+        // A window of 0 ms is empty: the id is remembered for no time at all,
+        // so not even a second copy in the same batch is a duplicate. (Were
+        // it recorded, it would deduplicate within its own batch but not
+        // against a later batch at the same instant, which prunes it first.)
+        if let Some(hash) = hash.filter(|_| self.config.dedup_window_ms > 0) {
             let expires_at_ms = now.saturating_add(self.config.dedup_window_ms);
             self.dedup.insert(hash, DedupEntry { seq, expires_at_ms });
             self.dedup_expiry.insert((expires_at_ms, hash));
@@ -504,10 +508,12 @@ impl Queue {
                 meta.in_flight_until_ms.is_none(),
                 "a ready message is not in flight"
             );
-            meta.receive_count = meta.receive_count.saturating_add(1);
-            if meta.first_received_at_ms == 0 {
+            // Test the count, not the time: 0 is a valid time for a first
+            // delivery, so it cannot double as "never received".
+            if meta.receive_count == 0 {
                 meta.first_received_at_ms = now;
             }
+            meta.receive_count = meta.receive_count.saturating_add(1);
             meta.in_flight_until_ms = Some(deadline);
             self.in_flight.insert((deadline, seq));
             self.counters.received_total += 1;

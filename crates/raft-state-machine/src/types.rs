@@ -341,10 +341,10 @@ pub enum Effect {
         queue_id: QueueId,
         seq: Seq,
     },
-    /// Delete every stored message of the queue.
-    DeleteQueue {
-        queue_id: QueueId,
-    },
+    /// Delete every stored message of the queue whose seq is below `before`.
+    /// Bounded, so that carrying it out late (the node defers deletions while
+    /// it copies a snapshot) cannot touch messages sent after it.
+    DeleteMessages { queue_id: QueueId, before: Seq },
     /// Messages became visible in the queue: wake its long polls.
     MessagesAvailable {
         queue: String,

@@ -1,0 +1,284 @@
+//! The Raft log and vote of one group, in sled.
+//!
+//! Durability rule: openraft hears that an append is persisted (its
+//! `IOFlushed` callback) only after a `sled::Db::flush` that began after the
+//! append's write returned; `save_vote` returns only after its own flush.
+//!
+//! Group commit: `append` writes the entries with one `apply_batch` and hands
+//! the callback to a single flusher task. The flusher takes every callback
+//! that is waiting, runs one flush (which covers every write made before it
+//! started, for the whole database), then completes them all. While one flush
+//! runs, the next batch of callbacks gathers, so under load many appends share
+//! one fsync.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+use openraft::LogState;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::entry::RaftEntry;
+use openraft::storage::IOFlushed;
+use openraft::storage::RaftLogStorage;
+use tokio::sync::mpsc;
+
+use crate::codec::decode;
+use crate::codec::encode;
+use crate::codec::raft_keys;
+use crate::types::*;
+
+const META_VOTE: &str = "vote";
+const META_COMMITTED: &str = "committed";
+const META_LAST_PURGED: &str = "last_purged";
+
+/// Counters that show group commit at work: `entries_appended /
+/// flushes` is the mean number of entries per fsync.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub appends: AtomicU64,
+    pub entries_appended: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flush_micros_total: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    group: GroupId,
+    db: sled::Db,
+    tree: sled::Tree,
+    flusher: mpsc::UnboundedSender<IOFlushed<TypeConfig>>,
+    stats: Arc<LogStats>,
+    /// Test-only fault: report appends persisted without flushing (see
+    /// `Config::unsafe_ack_before_fsync`).
+    ack_before_fsync: bool,
+}
+
+impl LogStore {
+    /// Opens the log of `group` in `db`. Must be called inside a tokio
+    /// runtime: it starts the flusher task.
+    pub fn open(db: sled::Db, group: GroupId) -> io::Result<LogStore> {
+        Self::open_with(db, group, false)
+    }
+
+    pub(crate) fn open_with(db: sled::Db, group: GroupId, ack_before_fsync: bool) -> io::Result<LogStore> {
+        let tree = db.open_tree("raft").map_err(io::Error::other)?;
+        let stats = Arc::new(LogStats::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_flusher(db.clone(), rx, stats.clone()));
+        Ok(LogStore { group, db, tree, flusher: tx, stats, ack_before_fsync })
+    }
+
+    pub fn stats(&self) -> Arc<LogStats> {
+        self.stats.clone()
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> io::Result<Option<T>> {
+        match self.tree.get(raft_keys::meta(self.group, name)).map_err(io::Error::other)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
+        self.tree.insert(raft_keys::meta(self.group, name), encode(value)?).map_err(io::Error::other)?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        let db = self.db.clone();
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || db.flush()).await.map_err(io::Error::other)?.map_err(io::Error::other)?;
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        self.stats.flush_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn last_entry(&self) -> io::Result<Option<Entry>> {
+        match self.tree.scan_prefix(raft_keys::log_prefix(self.group)).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(io::Error::other)?;
+                let entry: Entry = decode(&value)?;
+                check_entry_key(&key, &entry)?;
+                Ok(Some(entry))
+            }
+        }
+    }
+
+    /// Removes log entries with index in `range`, newest first, so that an
+    /// interrupted removal leaves no hole.
+    fn remove_range(&self, from: u64, to_inclusive: u64) -> io::Result<()> {
+        let keys: Vec<_> = self
+            .tree
+            .range(raft_keys::log(self.group, from)..=raft_keys::log(self.group, to_inclusive))
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(io::Error::other)?;
+        let mut batch = sled::Batch::default();
+        for key in keys.into_iter().rev() {
+            batch.remove(key);
+        }
+        self.tree.apply_batch(batch).map_err(io::Error::other)
+    }
+}
+
+/// Checks an entry read back against the key it was stored under.
+fn check_entry_key(key: &[u8], entry: &Entry) -> io::Result<()> {
+    let index = raft_keys::log_index(key);
+    if entry.index() != index {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("log entry stored at index {index} says it is index {}", entry.index()),
+        ));
+    }
+    Ok(())
+}
+
+async fn run_flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<IOFlushed<TypeConfig>>, stats: Arc<LogStats>) {
+    let mut waiting = Vec::new();
+    while let Some(first) = rx.recv().await {
+        waiting.push(first);
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let db = db.clone();
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || db.flush()).await;
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        stats.flush_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let error = match result {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = &error {
+            tracing::error!(error = %e, "log flush failed; reporting the appends as failed");
+        }
+        for callback in waiting.drain(..) {
+            callback.io_completed(match &error {
+                None => Ok(()),
+                Some(e) => Err(io::Error::other(e.clone())),
+            });
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(&x) => x,
+            Bound::Excluded(&x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&x) => Some(x),
+            Bound::Excluded(&0) => return Ok(Vec::new()),
+            Bound::Excluded(&x) => Some(x - 1),
+            Bound::Unbounded => None,
+        };
+        if end.is_some_and(|end| end < start) {
+            return Ok(Vec::new());
+        }
+        let from = raft_keys::log(self.group, start);
+        let iter = match end {
+            Some(end) => self.tree.range(from..=raft_keys::log(self.group, end)),
+            None => self.tree.range(from..=raft_keys::log(self.group, u64::MAX)),
+        };
+        let mut entries = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(io::Error::other)?;
+            let entry: Entry = decode(&value)?;
+            check_entry_key(&key, &entry)?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.get_meta(META_VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(META_LAST_PURGED)?;
+        let last_log_id = match self.last_entry()? {
+            Some(entry) => Some(entry.log_id()),
+            None => last_purged_log_id.clone(),
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        self.put_meta(META_VOTE, vote)?;
+        // A vote must be on disk before it is acted on: a node that forgot
+        // its vote after a crash could vote twice in one term.
+        self.flush().await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        // Not flushed by itself: the next log or vote flush carries it. A
+        // committed id older than the true one only means re-applying less
+        // on restart; it is never ahead of the durable log.
+        self.put_meta(META_COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        Ok(self.get_meta::<Option<LogId>>(META_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        let mut count = 0u64;
+        for entry in entries {
+            batch.insert(&raft_keys::log(self.group, entry.index()), encode(&entry)?);
+            count += 1;
+        }
+        self.tree.apply_batch(batch).map_err(io::Error::other)?;
+        self.stats.appends.fetch_add(1, Ordering::Relaxed);
+        self.stats.entries_appended.fetch_add(count, Ordering::Relaxed);
+        if self.ack_before_fsync {
+            // The deliberately broken mode: claim durability that does not
+            // exist. Only reachable through `Config::unsafe_ack_before_fsync`.
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
+            callback.io_completed(Err(io::Error::other("log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = last_log_id.map_or(0, |id| id.index() + 1);
+        // Not flushed: the append that follows a truncation is flushed, and
+        // sled makes writes durable in order, so the truncation is durable
+        // before that append is reported persisted.
+        self.remove_range(from, u64::MAX)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        // Record the purge point first: entries at or below it are ignored
+        // from then on, so a crash between the two steps leaves no hole.
+        self.put_meta(META_LAST_PURGED, &log_id)?;
+        self.remove_range(0, log_id.index())
+    }
+}

@@ -1,0 +1,229 @@
+//! Starting and stopping a node: storage, Raft, the gRPC server, and the
+//! one-time formation of the cluster.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::SnapshotPolicy;
+use quorumq_proto::admin as admin_pb;
+use quorumq_proto::client as client_pb;
+use quorumq_proto::raft as raft_pb;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::limits;
+use crate::log_store::LogStats;
+use crate::log_store::LogStore;
+use crate::network::Channels;
+use crate::network::Network;
+use crate::raft_service::Group;
+use crate::raft_service::RaftService;
+use crate::raft_service::Router;
+use crate::service::ClusterService;
+use crate::service::NodeCtx;
+use crate::service::QueueService;
+use crate::sm_store::StateMachineStore;
+use crate::types::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot use data directory {dir}: {reason}")]
+    DataDir { dir: String, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running node.
+pub struct RunningNode {
+    pub id: NodeId,
+    pub local_addr: SocketAddr,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    pub log_stats: Arc<LogStats>,
+    db: sled::Db,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    bootstrap: JoinHandle<()>,
+}
+
+fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
+    let raft_config = openraft::Config {
+        cluster_name: "quorumq".to_string(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        // A node returning from a partition must not depose a healthy leader.
+        enable_pre_vote: Some(true),
+        max_payload_entries: limits::RAFT_PAYLOAD_ENTRIES_MAX,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+        // Followers further behind than this get a snapshot instead of log.
+        replication_lag_threshold: config.snapshot_every_entries * 2,
+        max_in_snapshot_log_to_keep: 1000,
+        install_snapshot_timeout: 30_000,
+        ..Default::default()
+    };
+    raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))
+}
+
+/// Opens storage, starts Raft and serves the node's gRPC services on
+/// `config.listen`. Returns once the node is serving; cluster formation
+/// continues in the background.
+pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+    config.validate()?;
+    if config.unsafe_ack_before_fsync && !cfg!(feature = "fault-injection") {
+        return Err(StartError::Raft(
+            "unsafe_ack_before_fsync needs a build with the fault-injection feature".to_string(),
+        ));
+    }
+    let dir_error = |reason: String| StartError::DataDir { dir: config.data_dir.display().to_string(), reason };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| dir_error(e.to_string()))?;
+    let db_path = config.data_dir.join("db");
+    let db = tokio::task::spawn_blocking(move || sled::Config::new().path(db_path).open())
+        .await
+        .map_err(|e| dir_error(e.to_string()))?
+        .map_err(|e| dir_error(format!("{e} (is another node using it?)")))?;
+
+    let log = LogStore::open_with(db.clone(), QUEUES_GROUP, config.unsafe_ack_before_fsync)
+        .map_err(|e| dir_error(e.to_string()))?;
+    let log_stats = log.stats();
+    let snapshot_dir = config.data_dir.join("snapshots");
+    let sm_db = db.clone();
+    let sm = tokio::task::spawn_blocking(move || StateMachineStore::open(sm_db, QUEUES_GROUP, &snapshot_dir))
+        .await
+        .map_err(|e| dir_error(e.to_string()))?
+        .map_err(|e| dir_error(format!("opening the state machine: {e}")))?;
+
+    let channels = Channels::default();
+    let network = Network { self_id: config.id, group: QUEUES_GROUP, channels: channels.clone() };
+    let raft = Raft::new(config.id, Arc::new(raft_config(&config)?), network, log, sm.clone())
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen { addr: config.listen, reason: e.to_string() })?;
+    let local_addr = listener.local_addr().map_err(|e| StartError::Listen { addr: config.listen, reason: e.to_string() })?;
+
+    let ctx = Arc::new(NodeCtx {
+        id: config.id,
+        addr: config.advertised_addr().to_string(),
+        raft: raft.clone(),
+        sm: sm.clone(),
+        message_bytes_max: config.message_bytes_max,
+    });
+    let router = Router::new(config.id, HashMap::from([(QUEUES_GROUP, Group { raft: raft.clone(), sm: sm.clone() })]));
+    let queues = client_pb::queues_server::QueuesServer::new(QueueService::new(ctx.clone()))
+        .max_decoding_message_size(limits::CLIENT_FRAME_BYTES_MAX)
+        .max_encoding_message_size(limits::CLIENT_FRAME_BYTES_MAX);
+    let cluster = admin_pb::cluster_server::ClusterServer::new(ClusterService::new(ctx.clone()));
+    let raft_rpc = raft_pb::raft_server::RaftServer::new(RaftService::new(router))
+        .max_decoding_message_size(limits::RAFT_FRAME_BYTES_MAX)
+        .max_encoding_message_size(limits::RAFT_FRAME_BYTES_MAX);
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(limits::PEER_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(limits::PEER_KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(limits::CLIENT_CONCURRENT_STREAMS_MAX)
+            .add_service(queues)
+            .add_service(cluster)
+            .add_service(raft_rpc)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            }),
+    );
+
+    let bootstrap = tokio::spawn(form_cluster(raft.clone(), config.clone(), channels));
+    tracing::info!(id = config.id, %local_addr, peers = ?config.peers, "node serving");
+    Ok(RunningNode { id: config.id, local_addr, raft, sm, log_stats, db, stop_server: Some(stop_tx), server, bootstrap })
+}
+
+impl RunningNode {
+    /// Stops serving, stops Raft and flushes storage.
+    pub async fn shutdown(mut self) {
+        self.bootstrap.abort();
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
+        let db = self.db.clone();
+        let _ = tokio::task::spawn_blocking(move || db.flush()).await;
+        tracing::info!(id = self.id, "node stopped");
+    }
+}
+
+/// Forms the cluster the first time its nodes start: exactly one node calls
+/// openraft's `initialize` with the full `--peers` membership.
+///
+/// The rule: a node whose log is empty initialises the cluster if no peer it
+/// can reach already belongs to one, and it is the lowest id among the nodes
+/// it can reach and either the lowest id of all or the lowest has been
+/// unreachable for `bootstrap_fallback`. Initialising twice with the same
+/// membership is harmless (openraft elects one leader either way), so the
+/// fallback only costs an extra election.
+async fn form_cluster(raft: Raft, config: Config, channels: Channels) {
+    let started = Instant::now();
+    let lowest = *config.peers.keys().next().expect("peers is not empty");
+    loop {
+        match raft.is_initialized().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(_) => return,
+        }
+        let mut reachable = vec![config.id];
+        let mut someone_initialized = false;
+        let probes = config.peers.iter().filter(|(id, _)| **id != config.id).map(|(id, addr)| {
+            let channels = channels.clone();
+            let (id, addr) = (*id, addr.clone());
+            async move {
+                let channel = channels.get(&addr).ok()?;
+                let mut client = admin_pb::cluster_client::ClusterClient::new(channel);
+                let status = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    client.node_status(admin_pb::NodeStatusRequest {}),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                Some((id, status.into_inner()))
+            }
+        });
+        for (id, status) in futures::future::join_all(probes).await.into_iter().flatten() {
+            if status.id != id {
+                tracing::warn!(expected = id, found = status.id, "a peer address answers as another node");
+                continue;
+            }
+            reachable.push(id);
+            someone_initialized |= status.initialized;
+        }
+        if someone_initialized {
+            tracing::info!("the cluster exists; waiting to be replicated to");
+            return;
+        }
+        let lowest_reachable = *reachable.iter().min().expect("self is reachable");
+        if lowest_reachable == config.id && (config.id == lowest || started.elapsed() >= config.bootstrap_fallback) {
+            let members: BTreeMap<NodeId, Node> =
+                config.peers.iter().map(|(id, addr)| (*id, Node { addr: addr.clone() })).collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(peers = ?config.peers, "initialised the cluster"),
+                Err(e) => tracing::info!(error = %e, "cluster already initialised"),
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,562 @@
+//! The client-facing gRPC services: queues (`proto/client.proto`) and
+//! cluster status (`proto/admin.proto`). Requests are checked here, turned
+//! into state machine commands stamped with this leader's clock, and proposed
+//! through Raft; nothing is answered before its entry is committed and
+//! applied.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+use std::time::SystemTime;
+
+use openraft::ReadPolicy;
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use quorumq_proto::admin as admin_pb;
+use quorumq_proto::client as pb;
+use quorumq_raft_state_machine as qsm;
+use quorumq_raft_state_machine::Command;
+use quorumq_raft_state_machine::Outcome;
+use quorumq_raft_state_machine::QueueError;
+use quorumq_raft_state_machine::limits as sm_limits;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::errors;
+use crate::limits;
+use crate::receipt;
+use crate::sm_store::StateMachineStore;
+use crate::types::*;
+
+/// What the services share: this node's Raft group and its settings.
+pub struct NodeCtx {
+    pub id: NodeId,
+    pub addr: String,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    pub message_bytes_max: usize,
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the leader's timestamp for
+/// the commands it proposes.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The caller's deadline from the `grpc-timeout` header, capped.
+fn write_timeout<T>(request: &Request<T>) -> Duration {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(limits::WRITE_TIMEOUT_DEFAULT, |d| d.min(limits::WRITE_TIMEOUT_MAX))
+}
+
+fn parse_grpc_timeout(s: &str) -> Option<Duration> {
+    let (value, unit) = s.split_at(s.len().checked_sub(1)?);
+    let value: u64 = value.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+fn check_queue_name(name: &str) -> Result<(), Status> {
+    qsm::validate_queue_name(name).map_err(|e| errors::queue_error(&e))
+}
+
+impl NodeCtx {
+    fn leader_hint(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node.addr))
+    }
+
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.raft.is_leader() { Ok(()) } else { Err(errors::not_leader(self.leader_hint())) }
+    }
+
+    /// Proposes a command and waits until it is committed by a majority and
+    /// applied, or until `timeout` (then the outcome is unknown to us).
+    async fn write(&self, command: Command, timeout: Duration) -> Result<Outcome, Status> {
+        let request = qsm::Request { now_ms: now_ms(), command };
+        match tokio::time::timeout(timeout, self.raft.client_write(request)).await {
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "not confirmed by a quorum within {timeout:?}: the outcome is unknown (is a majority of nodes up?)"
+            ))),
+            Ok(Err(e)) => Err(errors::write_error(e)),
+            Ok(Ok(response)) => response.data.map_err(|e| errors::queue_error(&e)),
+        }
+    }
+
+    /// Waits until this node is confirmed leader by a quorum and has applied
+    /// everything committed before the call: reads after it are linearizable.
+    async fn linearizable(&self, timeout: Duration) -> Result<(), Status> {
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+            Err(_) => Err(Status::deadline_exceeded(format!("leadership not confirmed by a quorum within {timeout:?}"))),
+            Ok(Err(e)) => Err(errors::read_error(e)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    fn state_now(&self) -> u64 {
+        now_ms().max(self.sm.read(|a| a.state.now_ms()))
+    }
+}
+
+fn queue_config_from_pb(config: Option<pb::QueueConfig>) -> qsm::QueueConfig {
+    let defaults = qsm::QueueConfig::default();
+    let config = config.unwrap_or_default();
+    qsm::QueueConfig {
+        visibility_timeout_ms: config.visibility_timeout_ms.unwrap_or(defaults.visibility_timeout_ms),
+        dedup_window_ms: config.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
+    }
+}
+
+fn queue_info_to_pb(info: qsm::QueueInfo) -> pb::QueueInfo {
+    pb::QueueInfo {
+        name: info.name,
+        config: Some(pb::QueueConfig {
+            visibility_timeout_ms: Some(info.config.visibility_timeout_ms),
+            dedup_window_ms: Some(info.config.dedup_window_ms),
+        }),
+        stats: Some(pb::QueueStats {
+            ready: info.stats.ready,
+            in_flight: info.stats.in_flight,
+            bytes: info.stats.bytes,
+            sent_total: info.stats.sent_total,
+            acked_total: info.stats.acked_total,
+            received_total: info.stats.received_total,
+            oldest_sent_at_ms: info.stats.oldest_sent_at_ms,
+        }),
+        created_at_ms: info.created_at_ms,
+    }
+}
+
+fn unexpected(outcome: Outcome) -> Status {
+    Status::internal(format!("unexpected outcome {outcome:?}"))
+}
+
+/// Request-level checks on a receipt batch.
+fn check_receipt_count(n: usize) -> Result<(), Status> {
+    if n == 0 {
+        return Err(Status::invalid_argument("no receipts given"));
+    }
+    if n > sm_limits::RECEIPT_BATCH_ENTRIES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{n} receipts in one request, more than the limit of {}",
+            sm_limits::RECEIPT_BATCH_ENTRIES_MAX
+        )));
+    }
+    Ok(())
+}
+
+/// A one-entry request whose entry failed fails as a whole, with that
+/// entry's status (see proto/client.proto).
+fn single_entry_failure(errors: &[Option<&pb::EntryError>]) -> Result<(), Status> {
+    match errors {
+        [Some(e)] => Err(errors::entry_status(e)),
+        _ => Ok(()),
+    }
+}
+
+pub struct QueueService {
+    ctx: Arc<NodeCtx>,
+}
+
+impl QueueService {
+    pub fn new(ctx: Arc<NodeCtx>) -> QueueService {
+        QueueService { ctx }
+    }
+
+    /// Ack, Nack and ChangeVisibility share this: decode receipts (a
+    /// malformed one fails alone), propose the well-formed ones, and merge
+    /// the results back in request order.
+    async fn receipts_command(
+        &self,
+        queue: String,
+        receipts: Vec<String>,
+        timeout: Duration,
+        make: impl FnOnce(String, Vec<qsm::Receipt>) -> Command,
+    ) -> Result<Vec<pb::ReceiptResult>, Status> {
+        check_queue_name(&queue)?;
+        check_receipt_count(receipts.len())?;
+        let decoded: Vec<Option<qsm::Receipt>> = receipts.iter().map(|r| receipt::decode(r)).collect();
+        let valid: Vec<qsm::Receipt> = decoded.iter().flatten().copied().collect();
+        let mut outcomes = if valid.is_empty() {
+            Vec::new()
+        } else {
+            match self.ctx.write(make(queue, valid), timeout).await? {
+                Outcome::Receipts(results) => results,
+                other => return Err(unexpected(other)),
+            }
+        }
+        .into_iter();
+        let results: Vec<pb::ReceiptResult> = receipts
+            .into_iter()
+            .zip(decoded)
+            .map(|(text, decoded)| {
+                let error = match decoded {
+                    None => Some(pb::EntryError {
+                        code: tonic::Code::InvalidArgument as i32,
+                        message: format!("malformed receipt {:?}", text.chars().take(64).collect::<String>()),
+                    }),
+                    Some(_) => match outcomes.next().expect("one result per proposed receipt") {
+                        Ok(()) => None,
+                        Err(e) => Some(errors::entry_error(&e)),
+                    },
+                };
+                pb::ReceiptResult { receipt: text, error }
+            })
+            .collect();
+        let failures: Vec<_> = results.iter().map(|r| r.error.as_ref()).collect();
+        single_entry_failure(&failures)?;
+        Ok(results)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::queues_server::Queues for QueueService {
+    async fn create_queue(
+        &self,
+        request: Request<pb::CreateQueueRequest>,
+    ) -> Result<Response<pb::CreateQueueResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let request = request.into_inner();
+        check_queue_name(&request.name)?;
+        let config = queue_config_from_pb(request.config);
+        config.validate().map_err(|e| errors::queue_error(&e))?;
+        match self.ctx.write(Command::CreateQueue { name: request.name, config }, timeout).await? {
+            Outcome::QueueCreated { queue, created } => {
+                Ok(Response::new(pb::CreateQueueResponse { queue: Some(queue_info_to_pb(queue)), created }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_queue(
+        &self,
+        request: Request<pb::DeleteQueueRequest>,
+    ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let name = request.into_inner().name;
+        check_queue_name(&name)?;
+        match self.ctx.write(Command::DeleteQueue { name }, timeout).await? {
+            Outcome::QueueDeleted { messages_deleted } => Ok(Response::new(pb::DeleteQueueResponse { messages_deleted })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        self.ctx.linearizable(write_timeout(&request)).await?;
+        let now = self.ctx.state_now();
+        let queues = self.ctx.sm.read(|a| a.state.list_queues(now));
+        Ok(Response::new(pb::ListQueuesResponse { queues: queues.into_iter().map(queue_info_to_pb).collect() }))
+    }
+
+    async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> Result<Response<pb::GetQueueResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let name = request.into_inner().name;
+        check_queue_name(&name)?;
+        self.ctx.linearizable(timeout).await?;
+        let now = self.ctx.state_now();
+        let info = self
+            .ctx
+            .sm
+            .read(|a| a.state.queue_info(&name, now))
+            .ok_or_else(|| errors::queue_error(&QueueError::QueueNotFound { name }))?;
+        Ok(Response::new(pb::GetQueueResponse { queue: Some(queue_info_to_pb(info)) }))
+    }
+
+    async fn purge_queue(
+        &self,
+        request: Request<pb::PurgeQueueRequest>,
+    ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let name = request.into_inner().name;
+        check_queue_name(&name)?;
+        match self.ctx.write(Command::PurgeQueue { name }, timeout).await? {
+            Outcome::QueuePurged { messages_deleted } => Ok(Response::new(pb::PurgeQueueResponse { messages_deleted })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let request = request.into_inner();
+        check_queue_name(&request.queue)?;
+        let count = request.messages.len();
+        if count == 0 {
+            return Err(Status::invalid_argument("no messages given"));
+        }
+        if count > sm_limits::SEND_BATCH_ENTRIES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{count} messages in one send, more than the limit of {}",
+                sm_limits::SEND_BATCH_ENTRIES_MAX
+            )));
+        }
+        let total: usize = request.messages.iter().map(|m| m.body.len()).sum();
+        if total > sm_limits::SEND_BATCH_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{total} bytes in one send, more than the limit of {} bytes",
+                sm_limits::SEND_BATCH_BYTES_MAX
+            )));
+        }
+        // Entries that break a limit fail alone; the rest are proposed.
+        let mut checked: Vec<Result<qsm::NewMessage, QueueError>> = Vec::with_capacity(count);
+        for message in request.messages {
+            let id = (!message.id.is_empty()).then_some(message.id);
+            let result = if message.body.len() > self.ctx.message_bytes_max {
+                Err(QueueError::MessageTooLarge { bytes: message.body.len(), bytes_max: self.ctx.message_bytes_max })
+            } else if let Some(Err(e)) = id.as_deref().map(qsm::validate_message_id) {
+                Err(e)
+            } else {
+                Ok(qsm::NewMessage { id, body: message.body })
+            };
+            checked.push(result);
+        }
+        let ids: Vec<Option<String>> =
+            checked.iter().map(|c| c.as_ref().ok().and_then(|m| m.id.clone())).collect();
+        let valid: Vec<qsm::NewMessage> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
+        let (queue_id, mut outcomes) = if valid.is_empty() {
+            (qsm::QueueId(0), Vec::new().into_iter())
+        } else {
+            match self.ctx.write(Command::Send { queue: request.queue, messages: valid }, timeout).await? {
+                Outcome::Sent { queue_id, results } => (queue_id, results.into_iter()),
+                other => return Err(unexpected(other)),
+            }
+        };
+        let results: Vec<pb::SendResult> = checked
+            .into_iter()
+            .zip(ids)
+            .map(|(checked, id)| {
+                let result = match checked {
+                    Err(e) => Err(e),
+                    Ok(_) => outcomes.next().expect("one result per proposed message"),
+                };
+                match result {
+                    Ok(sent) => pb::SendResult {
+                        id: qsm::message_id(queue_id, sent.seq, id.as_deref()),
+                        seq: sent.seq.0,
+                        duplicate: sent.duplicate,
+                        error: None,
+                    },
+                    Err(e) => pb::SendResult {
+                        id: id.unwrap_or_default(),
+                        seq: 0,
+                        duplicate: false,
+                        error: Some(errors::entry_error(&e)),
+                    },
+                }
+            })
+            .collect();
+        let failures: Vec<_> = results.iter().map(|r| r.error.as_ref()).collect();
+        single_entry_failure(&failures)?;
+        Ok(Response::new(pb::SendResponse { results }))
+    }
+
+    async fn receive(&self, request: Request<pb::ReceiveRequest>) -> Result<Response<pb::ReceiveResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let request = request.into_inner();
+        let queue = request.queue;
+        check_queue_name(&queue)?;
+        let max_messages = request.max_messages.max(1);
+        if max_messages > sm_limits::RECEIVE_MESSAGES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "cannot receive {max_messages} messages at once; the limit is {}",
+                sm_limits::RECEIVE_MESSAGES_MAX
+            )));
+        }
+        if let Some(v) = request.visibility_timeout_ms {
+            qsm::validate_visibility_timeout(v).map_err(|e| errors::queue_error(&e))?;
+        }
+        let wait = Duration::from_millis(request.wait_ms);
+        if wait > limits::LONG_POLL_WAIT_MAX {
+            return Err(Status::invalid_argument(format!(
+                "cannot wait {wait:?}; long polls wait at most {:?}",
+                limits::LONG_POLL_WAIT_MAX
+            )));
+        }
+        let until = Instant::now() + wait;
+        loop {
+            // Register for wake-ups before looking, so that a message applied
+            // between the look and the wait is not missed.
+            let notify = self.ctx.sm.notifier().queue(&queue);
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            self.ctx.require_leader()?;
+            let now = self.ctx.state_now();
+            let (visible, next_visible_at) = self.ctx.sm.read(|a| {
+                (a.state.has_visible(&queue, now), a.state.next_visible_at(&queue))
+            });
+            // Proposing a Receive costs a Raft round; skip it when the local
+            // state shows nothing to deliver.
+            if visible.map_err(|e| errors::queue_error(&e))? {
+                let command = Command::Receive {
+                    queue: queue.clone(),
+                    max_messages,
+                    visibility_timeout_ms: request.visibility_timeout_ms,
+                };
+                let (queue_id, deliveries) = match self.ctx.write(command, timeout).await? {
+                    Outcome::Received { queue_id, deliveries } => (queue_id, deliveries),
+                    other => return Err(unexpected(other)),
+                };
+                if !deliveries.is_empty() {
+                    let mut messages = Vec::with_capacity(deliveries.len());
+                    for d in deliveries {
+                        let record = self
+                            .ctx
+                            .sm
+                            .load_message(queue_id, d.receipt.seq)
+                            .map_err(|e| Status::internal(format!("reading message: {e}")))?;
+                        let Some(record) = record else {
+                            tracing::error!(queue = %queue, seq = d.receipt.seq.0, "delivered message has no stored record");
+                            continue;
+                        };
+                        messages.push(pb::Message {
+                            id: qsm::message_id(queue_id, d.receipt.seq, record.id.as_deref()),
+                            body: record.body,
+                            receipt: receipt::encode(&d.receipt),
+                            receive_count: d.receipt.receive_count,
+                            seq: d.receipt.seq.0,
+                            sent_at_ms: d.sent_at_ms,
+                            first_received_at_ms: d.first_received_at_ms,
+                        });
+                    }
+                    return Ok(Response::new(pb::ReceiveResponse { messages }));
+                }
+            }
+            let remaining = until.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Ok(Response::new(pb::ReceiveResponse { messages: Vec::new() }));
+            }
+            // Wake when a message is applied, when an in-flight message's
+            // visibility timeout ends, or when the wait is over.
+            let mut sleep_for = remaining;
+            if let Some(at) = next_visible_at {
+                sleep_for = sleep_for.min(Duration::from_millis(at.saturating_sub(now) + 1));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(sleep_for) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let r = request.into_inner();
+        let results = self.receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::Ack { queue, receipts }).await?;
+        Ok(Response::new(pb::AckResponse { results }))
+    }
+
+    async fn nack(&self, request: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let r = request.into_inner();
+        let results =
+            self.receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::Nack { queue, receipts }).await?;
+        Ok(Response::new(pb::NackResponse { results }))
+    }
+
+    async fn change_visibility(
+        &self,
+        request: Request<pb::ChangeVisibilityRequest>,
+    ) -> Result<Response<pb::ChangeVisibilityResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let r = request.into_inner();
+        let visibility_timeout_ms = r.visibility_timeout_ms;
+        qsm::validate_visibility_timeout(visibility_timeout_ms).map_err(|e| errors::queue_error(&e))?;
+        let results = self
+            .receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::ChangeVisibility {
+                queue,
+                receipts,
+                visibility_timeout_ms,
+            })
+            .await?;
+        Ok(Response::new(pb::ChangeVisibilityResponse { results }))
+    }
+}
+
+pub struct ClusterService {
+    ctx: Arc<NodeCtx>,
+}
+
+impl ClusterService {
+    pub fn new(ctx: Arc<NodeCtx>) -> ClusterService {
+        ClusterService { ctx }
+    }
+}
+
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[tonic::async_trait]
+impl admin_pb::cluster_server::Cluster for ClusterService {
+    async fn node_status(
+        &self,
+        _request: Request<admin_pb::NodeStatusRequest>,
+    ) -> Result<Response<admin_pb::NodeStatusResponse>, Status> {
+        let m = self.ctx.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| admin_pb::Member { id: *id, address: node.addr.clone(), voter: voters.contains(id) })
+            .collect();
+        let leader_address = m
+            .current_leader
+            .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        let initialized = m.last_log_index.is_some() || m.vote.leader_id().term > 0;
+        Ok(Response::new(admin_pb::NodeStatusResponse {
+            id: self.ctx.id,
+            address: self.ctx.addr.clone(),
+            role: role_name(m.state).to_string(),
+            leader_id: m.current_leader,
+            leader_address,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: m.local_committed.as_ref().map_or(0, |id| id.index()),
+            applied_index: m.last_applied.as_ref().map_or(0, |id| id.index()),
+            members,
+            initialized,
+            millis_since_quorum_ack: m.last_quorum_acked.as_ref().map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// grpc-timeout headers in every unit parse; garbage does not.
+    #[test]
+    fn grpc_timeout_header() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+    }
+}
