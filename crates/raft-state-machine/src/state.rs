@@ -97,14 +97,9 @@ impl State {
         match request.command {
             Command::CreateQueue { name, config } => self.create_queue(name, config, now),
             Command::DeleteQueue { name } => {
-                let queue = self
-                    .queues
-                    .remove(&name)
-                    .ok_or(QueueError::QueueNotFound { name })?;
+                let queue = self.queues.remove(&name).ok_or(QueueError::QueueNotFound { name })?;
                 effects.push(Effect::DeleteMessages { queue_id: queue.id, before: Seq(u64::MAX) });
-                Ok(Outcome::QueueDeleted {
-                    messages_deleted: queue.messages.len() as u64,
-                })
+                Ok(Outcome::QueueDeleted { messages_deleted: queue.messages.len() as u64 })
             }
             Command::PurgeQueue { name } => {
                 let queue = self.queue_mut(&name)?;
@@ -120,34 +115,16 @@ impl State {
                 let q = self.queue_mut(&queue)?;
                 q.expire(now);
                 let results = q.send(messages, now, effects)?;
-                if results.iter().any(|r| {
-                    matches!(
-                        r,
-                        Ok(Sent {
-                            duplicate: false,
-                            ..
-                        })
-                    )
-                }) {
+                if results.iter().any(|r| matches!(r, Ok(Sent { duplicate: false, .. }))) {
                     effects.push(Effect::MessagesAvailable { queue });
                 }
-                Ok(Outcome::Sent {
-                    queue_id: q.id,
-                    results,
-                })
+                Ok(Outcome::Sent { queue_id: q.id, results })
             }
-            Command::Receive {
-                queue,
-                max_messages,
-                visibility_timeout_ms,
-            } => {
+            Command::Receive { queue, max_messages, visibility_timeout_ms } => {
                 let q = self.queue_mut(&queue)?;
                 q.expire(now);
                 let deliveries = q.receive(max_messages, visibility_timeout_ms, now)?;
-                Ok(Outcome::Received {
-                    queue_id: q.id,
-                    deliveries,
-                })
+                Ok(Outcome::Received { queue_id: q.id, deliveries })
             }
             Command::Ack { queue, receipts } => {
                 let q = self.queue_mut(&queue)?;
@@ -162,35 +139,21 @@ impl State {
                 q.expire(now);
                 let results: Vec<_> = receipts.iter().map(|r| q.nack(&queue, r)).collect();
                 if results.iter().any(|r| matches!(r, Ok(true))) {
-                    effects.push(Effect::MessagesAvailable {
-                        queue: queue.clone(),
-                    });
+                    effects.push(Effect::MessagesAvailable { queue: queue.clone() });
                 }
-                Ok(Outcome::Receipts(
-                    results.into_iter().map(|r| r.map(|_| ())).collect(),
-                ))
+                Ok(Outcome::Receipts(results.into_iter().map(|r| r.map(|_| ())).collect()))
             }
-            Command::ChangeVisibility {
-                queue,
-                receipts,
-                visibility_timeout_ms,
-            } => {
+            Command::ChangeVisibility { queue, receipts, visibility_timeout_ms } => {
                 validate_visibility_timeout(visibility_timeout_ms)?;
                 let q = self.queue_mut(&queue)?;
                 check_receipt_batch(&receipts)?;
                 q.expire(now);
-                let results: Vec<_> = receipts
-                    .iter()
-                    .map(|r| q.change_visibility(&queue, r, visibility_timeout_ms, now))
-                    .collect();
+                let results: Vec<_> =
+                    receipts.iter().map(|r| q.change_visibility(&queue, r, visibility_timeout_ms, now)).collect();
                 if results.iter().any(|r| matches!(r, Ok(true))) {
-                    effects.push(Effect::MessagesAvailable {
-                        queue: queue.clone(),
-                    });
+                    effects.push(Effect::MessagesAvailable { queue: queue.clone() });
                 }
-                Ok(Outcome::Receipts(
-                    results.into_iter().map(|r| r.map(|_| ())).collect(),
-                ))
+                Ok(Outcome::Receipts(results.into_iter().map(|r| r.map(|_| ())).collect()))
             }
         }
     }
@@ -200,17 +163,12 @@ impl State {
         config.validate()?;
         if let Some(existing) = self.queues.get(&name) {
             if existing.config == config {
-                return Ok(Outcome::QueueCreated {
-                    queue: existing.info(&name, now),
-                    created: false,
-                });
+                return Ok(Outcome::QueueCreated { queue: existing.info(&name, now), created: false });
             }
             return Err(QueueError::QueueExists { name });
         }
         if self.queues.len() >= limits::QUEUES_MAX {
-            return Err(QueueError::TooManyQueues {
-                max: limits::QUEUES_MAX,
-            });
+            return Err(QueueError::TooManyQueues { max: limits::QUEUES_MAX });
         }
         self.next_queue_id += 1;
         let queue = Queue {
@@ -227,18 +185,11 @@ impl State {
         };
         let info = queue.info(&name, now);
         self.queues.insert(name, queue);
-        Ok(Outcome::QueueCreated {
-            queue: info,
-            created: true,
-        })
+        Ok(Outcome::QueueCreated { queue: info, created: true })
     }
 
     fn queue_mut(&mut self, name: &str) -> Result<&mut Queue, QueueError> {
-        self.queues
-            .get_mut(name)
-            .ok_or_else(|| QueueError::QueueNotFound {
-                name: name.to_string(),
-            })
+        self.queues.get_mut(name).ok_or_else(|| QueueError::QueueNotFound { name: name.to_string() })
     }
 
     /// A queue's configuration and counters as they are at `now_ms` (a
@@ -249,10 +200,7 @@ impl State {
     }
 
     pub fn list_queues(&self, now_ms: u64) -> Vec<QueueInfo> {
-        self.queues
-            .iter()
-            .map(|(name, q)| q.info(name, now_ms))
-            .collect()
+        self.queues.iter().map(|(name, q)| q.info(name, now_ms)).collect()
     }
 
     pub fn queue_id(&self, name: &str) -> Option<QueueId> {
@@ -262,23 +210,13 @@ impl State {
     /// Whether a Receive at `now_ms` would return a message. Lets the leader
     /// skip proposing a Receive that would find nothing.
     pub fn has_visible(&self, name: &str, now_ms: u64) -> Result<bool, QueueError> {
-        let q = self
-            .queues
-            .get(name)
-            .ok_or_else(|| QueueError::QueueNotFound {
-                name: name.to_string(),
-            })?;
-        Ok(!q.ready.is_empty()
-            || q.in_flight
-                .first()
-                .is_some_and(|&(deadline, _)| deadline <= now_ms))
+        let q = self.queues.get(name).ok_or_else(|| QueueError::QueueNotFound { name: name.to_string() })?;
+        Ok(!q.ready.is_empty() || q.in_flight.first().is_some_and(|&(deadline, _)| deadline <= now_ms))
     }
 
     /// When the next in-flight message of the queue becomes visible again.
     pub fn next_visible_at(&self, name: &str) -> Option<u64> {
-        self.queues
-            .get(name)
-            .and_then(|q| q.in_flight.first().map(|&(deadline, _)| deadline))
+        self.queues.get(name).and_then(|q| q.in_flight.first().map(|&(deadline, _)| deadline))
     }
 
     /// Every stored message, for building a snapshot: `(queue id, seq)` in
@@ -286,9 +224,7 @@ impl State {
     pub fn message_keys(&self) -> impl Iterator<Item = (QueueId, Seq)> + '_ {
         let mut queues: Vec<&Queue> = self.queues.values().collect();
         queues.sort_by_key(|q| q.id);
-        queues
-            .into_iter()
-            .flat_map(|q| q.messages.keys().map(move |&seq| (q.id, Seq(seq))))
+        queues.into_iter().flat_map(|q| q.messages.keys().map(move |&seq| (q.id, Seq(seq))))
     }
 
     /// Total live messages across queues.
@@ -299,9 +235,14 @@ impl State {
     /// Checks the internal consistency of every queue. For tests and for
     /// checking a snapshot after it is read back; returns what is wrong.
     pub fn check_invariants(&self) -> Result<(), String> {
+        let mut ids = BTreeSet::new();
         for (name, q) in &self.queues {
-            q.check_invariants()
-                .map_err(|e| format!("queue {name}: {e}"))?;
+            // Ids are never reused, so receipts of a deleted queue cannot
+            // touch a new one.
+            if q.id.0 == 0 || q.id.0 > self.next_queue_id || !ids.insert(q.id) {
+                return Err(format!("queue {name}: id {} reused or outside 1..={}", q.id.0, self.next_queue_id));
+            }
+            q.check_invariants().map_err(|e| format!("queue {name}: {e}"))?;
         }
         Ok(())
     }
@@ -337,10 +278,7 @@ impl Queue {
                 acked_total: self.counters.acked_total,
                 received_total: self.counters.received_total,
                 dedup_evicted_total: self.counters.dedup_evicted_total,
-                oldest_sent_at_ms: self
-                    .messages
-                    .first_key_value()
-                    .map_or(0, |(_, m)| m.sent_at_ms),
+                oldest_sent_at_ms: self.messages.first_key_value().map_or(0, |(_, m)| m.sent_at_ms),
             },
         }
     }
@@ -353,15 +291,8 @@ impl Queue {
                 break;
             }
             self.in_flight.pop_first();
-            let meta = self
-                .messages
-                .get_mut(&seq)
-                .expect("in-flight message exists");
-            assert_eq!(
-                meta.in_flight_until_ms,
-                Some(deadline),
-                "in-flight index agrees with message"
-            );
+            let meta = self.messages.get_mut(&seq).expect("in-flight message exists");
+            assert_eq!(meta.in_flight_until_ms, Some(deadline), "in-flight index agrees with message");
             meta.in_flight_until_ms = None;
             self.ready.insert(seq);
         }
@@ -401,19 +332,11 @@ impl Queue {
             )));
         }
         self.prune_dedup(now);
-        let results = messages
-            .into_iter()
-            .map(|m| self.send_one(m, now, effects))
-            .collect();
+        let results = messages.into_iter().map(|m| self.send_one(m, now, effects)).collect();
         Ok(results)
     }
 
-    fn send_one(
-        &mut self,
-        message: NewMessage,
-        now: u64,
-        effects: &mut Vec<Effect>,
-    ) -> Result<Sent, QueueError> {
+    fn send_one(&mut self, message: NewMessage, now: u64, effects: &mut Vec<Effect>) -> Result<Sent, QueueError> {
         if message.body.len() > limits::MESSAGE_BYTES_HARD_MAX {
             return Err(QueueError::MessageTooLarge {
                 bytes: message.body.len(),
@@ -425,10 +348,7 @@ impl Queue {
                 validate_message_id(id)?;
                 let hash = id_hash(id);
                 if let Some(entry) = self.dedup.get(&hash) {
-                    return Ok(Sent {
-                        seq: Seq(entry.seq),
-                        duplicate: true,
-                    });
+                    return Ok(Sent { seq: Seq(entry.seq), duplicate: true });
                 }
                 Some(hash)
             }
@@ -445,10 +365,7 @@ impl Queue {
             self.dedup.insert(hash, DedupEntry { seq, expires_at_ms });
             self.dedup_expiry.insert((expires_at_ms, hash));
             if self.dedup.len() > limits::DEDUP_ENTRIES_PER_QUEUE_MAX {
-                let (_, oldest) = self
-                    .dedup_expiry
-                    .pop_first()
-                    .expect("dedup index is not empty");
+                let (_, oldest) = self.dedup_expiry.pop_first().expect("dedup index is not empty");
                 self.dedup.remove(&oldest);
                 self.counters.dedup_evicted_total += 1;
             }
@@ -470,16 +387,9 @@ impl Queue {
         effects.push(Effect::PutMessage {
             queue_id: self.id,
             seq: Seq(seq),
-            record: MessageRecord {
-                id: message.id,
-                sent_at_ms: now,
-                body: message.body,
-            },
+            record: MessageRecord { id: message.id, sent_at_ms: now, body: message.body },
         });
-        Ok(Sent {
-            seq: Seq(seq),
-            duplicate: false,
-        })
+        Ok(Sent { seq: Seq(seq), duplicate: false })
     }
 
     fn receive(
@@ -504,10 +414,7 @@ impl Queue {
                 break;
             };
             let meta = self.messages.get_mut(&seq).expect("ready message exists");
-            assert!(
-                meta.in_flight_until_ms.is_none(),
-                "a ready message is not in flight"
-            );
+            assert!(meta.in_flight_until_ms.is_none(), "a ready message is not in flight");
             // Test the count, not the time: 0 is a valid time for a first
             // delivery, so it cannot double as "never received".
             if meta.receive_count == 0 {
@@ -518,11 +425,7 @@ impl Queue {
             self.in_flight.insert((deadline, seq));
             self.counters.received_total += 1;
             deliveries.push(Delivery {
-                receipt: Receipt {
-                    queue_id: self.id,
-                    seq: Seq(seq),
-                    receive_count: meta.receive_count,
-                },
+                receipt: Receipt { queue_id: self.id, seq: Seq(seq), receive_count: meta.receive_count },
                 sent_at_ms: meta.sent_at_ms,
                 first_received_at_ms: meta.first_received_at_ms,
                 visible_again_at_ms: deadline,
@@ -533,15 +436,9 @@ impl Queue {
 
     /// Finds the message a receipt names. `Ok(None)` when the message was
     /// already deleted (acked, purged): acking it again is harmless.
-    fn check_receipt(
-        &self,
-        queue: &str,
-        receipt: &Receipt,
-    ) -> Result<Option<MessageMeta>, QueueError> {
+    fn check_receipt(&self, queue: &str, receipt: &Receipt) -> Result<Option<MessageMeta>, QueueError> {
         if receipt.queue_id != self.id {
-            return Err(QueueError::ReceiptOfOtherQueue {
-                queue: queue.to_string(),
-            });
+            return Err(QueueError::ReceiptOfOtherQueue { queue: queue.to_string() });
         }
         if receipt.seq.0 == 0 || receipt.seq.0 >= self.next_seq || receipt.receive_count == 0 {
             return Err(QueueError::UnknownReceipt);
@@ -549,40 +446,27 @@ impl Queue {
         match self.messages.get(&receipt.seq.0) {
             None => Ok(None),
             Some(meta) if meta.receive_count == receipt.receive_count => Ok(Some(*meta)),
-            Some(meta) if meta.receive_count > receipt.receive_count => {
-                Err(QueueError::StaleReceipt {
-                    receipt_count: receipt.receive_count,
-                    current_count: meta.receive_count,
-                })
-            }
+            Some(meta) if meta.receive_count > receipt.receive_count => Err(QueueError::StaleReceipt {
+                receipt_count: receipt.receive_count,
+                current_count: meta.receive_count,
+            }),
             Some(_) => Err(QueueError::UnknownReceipt),
         }
     }
 
-    fn ack(
-        &mut self,
-        queue: &str,
-        receipt: &Receipt,
-        effects: &mut Vec<Effect>,
-    ) -> Result<(), QueueError> {
+    fn ack(&mut self, queue: &str, receipt: &Receipt, effects: &mut Vec<Effect>) -> Result<(), QueueError> {
         let Some(meta) = self.check_receipt(queue, receipt)? else {
             return Ok(());
         };
         let seq = receipt.seq.0;
         match meta.in_flight_until_ms {
-            Some(deadline) => assert!(
-                self.in_flight.remove(&(deadline, seq)),
-                "in-flight index has the message"
-            ),
+            Some(deadline) => assert!(self.in_flight.remove(&(deadline, seq)), "in-flight index has the message"),
             None => assert!(self.ready.remove(&seq), "ready index has the message"),
         }
         self.messages.remove(&seq);
         self.counters.bytes -= meta.body_bytes as u64;
         self.counters.acked_total += 1;
-        effects.push(Effect::DeleteMessage {
-            queue_id: self.id,
-            seq: Seq(seq),
-        });
+        effects.push(Effect::DeleteMessage { queue_id: self.id, seq: Seq(seq) });
         Ok(())
     }
 
@@ -618,27 +502,15 @@ impl Queue {
             return Ok(true);
         }
         let new_deadline = now.saturating_add(timeout_ms);
-        assert!(
-            self.in_flight.remove(&(deadline, seq)),
-            "in-flight index has the message"
-        );
+        assert!(self.in_flight.remove(&(deadline, seq)), "in-flight index has the message");
         self.in_flight.insert((new_deadline, seq));
-        self.messages
-            .get_mut(&seq)
-            .expect("message exists")
-            .in_flight_until_ms = Some(new_deadline);
+        self.messages.get_mut(&seq).expect("message exists").in_flight_until_ms = Some(new_deadline);
         Ok(false)
     }
 
     fn make_visible(&mut self, seq: u64, deadline: u64) {
-        assert!(
-            self.in_flight.remove(&(deadline, seq)),
-            "in-flight index has the message"
-        );
-        self.messages
-            .get_mut(&seq)
-            .expect("message exists")
-            .in_flight_until_ms = None;
+        assert!(self.in_flight.remove(&(deadline, seq)), "in-flight index has the message");
+        self.messages.get_mut(&seq).expect("message exists").in_flight_until_ms = None;
         self.ready.insert(seq);
     }
 
@@ -664,17 +536,25 @@ impl Queue {
                 None if !self.ready.contains(&seq) => {
                     return Err(format!("message {seq} ready but not indexed"));
                 }
+                Some(_) if meta.receive_count == 0 => {
+                    return Err(format!("message {seq} in flight but never received"));
+                }
                 _ => {}
             }
         }
         if bytes != self.counters.bytes {
-            return Err(format!(
-                "bytes counter {} != {} stored",
-                self.counters.bytes, bytes
-            ));
+            return Err(format!("bytes counter {} != {} stored", self.counters.bytes, bytes));
         }
         if self.dedup.len() != self.dedup_expiry.len() {
             return Err("dedup map and expiry index differ in size".into());
+        }
+        for (hash, entry) in &self.dedup {
+            if !self.dedup_expiry.contains(&(entry.expires_at_ms, *hash)) {
+                return Err(format!("dedup entry of message {} missing from the expiry index", entry.seq));
+            }
+            if entry.seq == 0 || entry.seq >= self.next_seq {
+                return Err(format!("dedup entry names message {} outside 1..{}", entry.seq, self.next_seq));
+            }
         }
         Ok(())
     }

@@ -72,23 +72,14 @@ pub fn validate_visibility_timeout(ms: u64) -> Result<(), QueueError> {
 pub fn validate_queue_name(name: &str) -> Result<(), QueueError> {
     let ok = !name.is_empty()
         && name.len() <= limits::QUEUE_NAME_BYTES_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(QueueError::InvalidQueueName {
-            name: truncate_for_error(name),
-        })
-    }
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(QueueError::InvalidQueueName { name: truncate_for_error(name) }) }
 }
 
 /// Message ids are 1 to 128 printable ASCII characters.
 pub fn validate_message_id(id: &str) -> Result<(), QueueError> {
-    let ok = !id.is_empty()
-        && id.len() <= limits::MESSAGE_ID_BYTES_MAX
-        && id.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    let ok =
+        !id.is_empty() && id.len() <= limits::MESSAGE_ID_BYTES_MAX && id.bytes().all(|b| (0x21..=0x7e).contains(&b));
     if ok {
         Ok(())
     } else {
@@ -116,38 +107,14 @@ pub struct NewMessage {
 /// A state change, proposed by the leader through Raft.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    CreateQueue {
-        name: String,
-        config: QueueConfig,
-    },
-    DeleteQueue {
-        name: String,
-    },
-    PurgeQueue {
-        name: String,
-    },
-    Send {
-        queue: String,
-        messages: Vec<NewMessage>,
-    },
-    Receive {
-        queue: String,
-        max_messages: u32,
-        visibility_timeout_ms: Option<u64>,
-    },
-    Ack {
-        queue: String,
-        receipts: Vec<Receipt>,
-    },
-    Nack {
-        queue: String,
-        receipts: Vec<Receipt>,
-    },
-    ChangeVisibility {
-        queue: String,
-        receipts: Vec<Receipt>,
-        visibility_timeout_ms: u64,
-    },
+    CreateQueue { name: String, config: QueueConfig },
+    DeleteQueue { name: String },
+    PurgeQueue { name: String },
+    Send { queue: String, messages: Vec<NewMessage> },
+    Receive { queue: String, max_messages: u32, visibility_timeout_ms: Option<u64> },
+    Ack { queue: String, receipts: Vec<Receipt> },
+    Nack { queue: String, receipts: Vec<Receipt> },
+    ChangeVisibility { queue: String, receipts: Vec<Receipt>, visibility_timeout_ms: u64 },
 }
 
 /// The payload of one Raft log entry: a command and the leader's clock when
@@ -167,20 +134,14 @@ impl fmt::Display for Request {
             Command::Send { queue, messages } => {
                 write!(f, "send({queue}, {} messages)", messages.len())
             }
-            Command::Receive {
-                queue,
-                max_messages,
-                ..
-            } => write!(f, "receive({queue}, max {max_messages})"),
+            Command::Receive { queue, max_messages, .. } => write!(f, "receive({queue}, max {max_messages})"),
             Command::Ack { queue, receipts } => {
                 write!(f, "ack({queue}, {} receipts)", receipts.len())
             }
             Command::Nack { queue, receipts } => {
                 write!(f, "nack({queue}, {} receipts)", receipts.len())
             }
-            Command::ChangeVisibility {
-                queue, receipts, ..
-            } => {
+            Command::ChangeVisibility { queue, receipts, .. } => {
                 write!(f, "change-visibility({queue}, {} receipts)", receipts.len())
             }
         }?;
@@ -287,10 +248,7 @@ pub enum QueueError {
     #[error(
         "receipt is stale: the message was delivered again since (this receipt is delivery {receipt_count}, the latest is {current_count})"
     )]
-    StaleReceipt {
-        receipt_count: u32,
-        current_count: u32,
-    },
+    StaleReceipt { receipt_count: u32, current_count: u32 },
     #[error("receipt does not belong to queue \"{queue}\"")]
     ReceiptOfOtherQueue { queue: String },
     #[error("receipt names a message that was never sent")]
@@ -344,7 +302,10 @@ pub enum Effect {
     /// Delete every stored message of the queue whose seq is below `before`.
     /// Bounded, so that carrying it out late (the node defers deletions while
     /// it copies a snapshot) cannot touch messages sent after it.
-    DeleteMessages { queue_id: QueueId, before: Seq },
+    DeleteMessages {
+        queue_id: QueueId,
+        before: Seq,
+    },
     /// Messages became visible in the queue: wake its long polls.
     MessagesAvailable {
         queue: String,
