@@ -1,0 +1,67 @@
+//! Every bound the client keeps, in one place, each with what it costs.
+//!
+//! The server is authoritative for the limits of the queue API (batch sizes,
+//! message sizes, long-poll waits); the client does not repeat them, so that a
+//! server configured differently is not second-guessed. The bounds here are
+//! the client's own: memory it holds and loops it runs.
+
+use std::time::Duration;
+
+/// Addresses the client remembers (seeds, leader hints, members reported by
+/// `cluster_status`). Each costs an address string and at most one cached
+/// gRPC channel (one HTTP/2 connection). Hints beyond this are still followed
+/// once, but not remembered.
+pub const KNOWN_NODES_MAX: usize = 64;
+
+/// Cached channels, one per address. Each holds one HTTP/2 connection and a
+/// small background task. Kept equal to [`KNOWN_NODES_MAX`] so that every
+/// known node can keep its connection; other addresses (an arbitrary
+/// `node_status` target) get a channel that is dropped after the call.
+pub const CHANNELS_MAX: usize = KNOWN_NODES_MAX;
+
+/// Leader hints followed back to back without a pause. Two nodes with stale
+/// views can point at each other; after this many immediate redirects the
+/// client backs off before following the next hint, so a hint loop costs
+/// backoff time instead of a busy loop.
+pub const REDIRECTS_WITHOUT_BACKOFF_MAX: u32 = 3;
+
+/// How much earlier than the client the server is told (by the
+/// `grpc-timeout` header) to give up on an attempt, at most. The server then
+/// answers DEADLINE_EXCEEDED — "alive, outcome unknown", retried on the same
+/// node — before the client's own timeout fires, which would count the node
+/// as failed. Covers a round trip on a loaded network. An attempt of `t`
+/// with a long-poll wait `w` gives the server `t - min((t - w) / 5, margin)`.
+pub const SERVER_TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
+
+/// Largest gRPC message the client sends or accepts (tonic's default is
+/// 4 MiB, below one full send batch). The biggest answer is a receive of many
+/// large messages; an answer above this fails (as `InvalidArgument`, from
+/// gRPC's OUT_OF_RANGE), and the messages it held become visible again after their visibility timeout.
+pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Interval of HTTP/2 PING frames on an otherwise idle connection, so that a
+/// dead peer (host gone, network cut) is noticed without waiting for TCP.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a PING may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Rounds of `cluster_status`: the first asks the known nodes, each further
+/// round asks the members that the previous round reported and that were not
+/// asked yet. Two rounds reach every member that any reachable known node
+/// knows about; each round costs at most one attempt timeout.
+pub const CLUSTER_STATUS_ROUNDS_MAX: usize = 2;
+
+/// Bits of randomness in a generated message id. By the birthday bound, even
+/// 2^40 ids alive in one deduplication window collide with a chance of about
+/// 2^-49, far below the rate of undetected disk errors.
+pub const GENERATED_ID_RANDOM_BITS: u32 = 128;
+
+/// Prefix of message ids that the client generates, so that they can be told
+/// apart from producer-chosen ids in logs. With 32 hex digits the id is 34
+/// bytes, well within the server's 128-byte limit on ids.
+pub const GENERATED_ID_PREFIX: &str = "c-";
+
+// A generated id must fit the server's limit of 128 bytes on message ids.
+const _: () = assert!(GENERATED_ID_PREFIX.len() + (GENERATED_ID_RANDOM_BITS as usize / 4) <= 128);
+const _: () = assert!(CHANNELS_MAX >= KNOWN_NODES_MAX);

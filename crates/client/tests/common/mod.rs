@@ -1,0 +1,506 @@
+//! A scriptable fake quorumq node: a real tonic server on 127.0.0.1:0 that
+//! serves the Queues and Cluster services from a tiny in-memory store, and
+//! answers as a leader, as a follower (not-leader, with or without a hint),
+//! or as scripted per call (unavailable, deadline exceeded, hang).
+#![allow(dead_code)] // Each test binary uses a different part of it.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quorumq_proto::admin::cluster_server::{Cluster, ClusterServer};
+use quorumq_proto::admin::{Member, NodeStatusRequest, NodeStatusResponse};
+use quorumq_proto::client::queues_server::{Queues, QueuesServer};
+use quorumq_proto::client::*;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+/// How a fake node answers calls that no script entry covers.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    Leader,
+    /// Not the leader; names `(id, address)` when given.
+    NotLeader(Option<(u64, String)>),
+}
+
+/// A one-off answer to the next call (of any method), taken before the mode.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// Not the leader, naming `(id, address)` when given.
+    NotLeader(Option<(u64, String)>),
+    /// UNAVAILABLE without the not-leader reason (node starting, overloaded).
+    Unavailable,
+    /// Executes the request as a leader would, then answers
+    /// DEADLINE_EXCEEDED: the write happened but the client cannot know.
+    ApplyThenDeadlineExceeded,
+    /// Never answers.
+    Hang,
+}
+
+/// One call the node saw, before it decided how to answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub method: &'static str,
+    /// Message ids of a Send.
+    pub ids: Vec<String>,
+    /// wait_ms of a Receive.
+    pub wait_ms: u64,
+    /// The `grpc-timeout` the client sent.
+    pub grpc_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+struct StoredMessage {
+    id: String,
+    body: Bytes,
+    receive_count: u32,
+    in_flight: bool,
+}
+
+#[derive(Default)]
+struct Store {
+    queues: HashSet<String>,
+    next_seq: u64,
+    messages: BTreeMap<u64, StoredMessage>,
+    seq_by_id: HashMap<String, u64>,
+}
+
+pub struct FakeState {
+    pub id: u64,
+    pub address: String,
+    mode: Mutex<Mode>,
+    script: Mutex<VecDeque<Reply>>,
+    calls: Mutex<Vec<Call>>,
+    store: Mutex<Store>,
+    /// Members reported by NodeStatus.
+    members: Mutex<Vec<(u64, String)>>,
+    sent: Notify,
+}
+
+impl FakeState {
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Queues one-off replies for the next calls, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.script.lock().unwrap().extend(replies);
+    }
+
+    pub fn set_members(&self, members: Vec<(u64, String)>) {
+        *self.members.lock().unwrap() = members;
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn calls_of(&self, method: &str) -> Vec<Call> {
+        self.calls().into_iter().filter(|c| c.method == method).collect()
+    }
+
+    pub fn add_queue(&self, name: &str) {
+        self.store.lock().unwrap().queues.insert(name.to_string());
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.store.lock().unwrap().messages.len()
+    }
+
+    fn record<T>(&self, request: &Request<T>, method: &'static str, ids: Vec<String>, wait_ms: u64) {
+        let grpc_timeout =
+            request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        self.calls.lock().unwrap().push(Call { method, ids, wait_ms, grpc_timeout });
+    }
+
+    /// Decides how to answer: `Ok(true)` means execute and then answer
+    /// DEADLINE_EXCEEDED, `Ok(false)` execute and answer normally.
+    async fn gate(&self) -> Result<bool, Status> {
+        let scripted = self.script.lock().unwrap().pop_front();
+        match scripted {
+            Some(Reply::NotLeader(hint)) => Err(not_leader(hint)),
+            Some(Reply::Unavailable) => Err(Status::unavailable("starting up")),
+            Some(Reply::ApplyThenDeadlineExceeded) => Ok(true),
+            Some(Reply::Hang) => std::future::pending().await,
+            None => match self.mode.lock().unwrap().clone() {
+                Mode::Leader => Ok(false),
+                Mode::NotLeader(hint) => Err(not_leader(hint)),
+            },
+        }
+    }
+
+    fn check_queue(store: &Store, queue: &str) -> Result<(), Status> {
+        if store.queues.contains(queue) {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("queue {queue:?} does not exist")))
+        }
+    }
+}
+
+fn not_leader(hint: Option<(u64, String)>) -> Status {
+    let mut status = Status::unavailable("not the leader");
+    let md = status.metadata_mut();
+    md.insert("quorumq-error", "not-leader".parse().unwrap());
+    if let Some((id, address)) = hint {
+        md.insert("quorumq-leader-id", id.to_string().parse().unwrap());
+        md.insert("quorumq-leader-addr", address.parse().unwrap());
+    }
+    status
+}
+
+fn entry_error(code: tonic::Code, message: &str) -> EntryError {
+    EntryError { code: code as i32, message: message.into() }
+}
+
+/// Answers with `response`, or DEADLINE_EXCEEDED after executing when the
+/// script said so.
+fn answer<T>(ambiguous: bool, response: T) -> Result<Response<T>, Status> {
+    if ambiguous { Err(Status::deadline_exceeded("no quorum in time")) } else { Ok(Response::new(response)) }
+}
+
+/// A one-entry batch whose entry failed answers with the entry's error.
+fn single_entry_status(errors: &[Option<EntryError>]) -> Result<(), Status> {
+    if let [Some(error)] = errors {
+        return Err(Status::new(tonic::Code::from_i32(error.code), error.message.clone()));
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Service(Arc<FakeState>);
+
+#[tonic::async_trait]
+impl Queues for Service {
+    async fn create_queue(
+        &self,
+        request: Request<CreateQueueRequest>,
+    ) -> Result<Response<CreateQueueResponse>, Status> {
+        self.0.record(&request, "create_queue", vec![], 0);
+        let ambiguous = self.0.gate().await?;
+        let name = request.into_inner().name;
+        let created = self.0.store.lock().unwrap().queues.insert(name.clone());
+        answer(ambiguous, CreateQueueResponse { queue: Some(QueueInfo { name, ..Default::default() }), created })
+    }
+
+    async fn delete_queue(
+        &self,
+        request: Request<DeleteQueueRequest>,
+    ) -> Result<Response<DeleteQueueResponse>, Status> {
+        self.0.record(&request, "delete_queue", vec![], 0);
+        let ambiguous = self.0.gate().await?;
+        let name = request.into_inner().name;
+        let mut store = self.0.store.lock().unwrap();
+        FakeState::check_queue(&store, &name)?;
+        store.queues.remove(&name);
+        let deleted = store.messages.len() as u64;
+        store.messages.clear();
+        answer(ambiguous, DeleteQueueResponse { messages_deleted: deleted })
+    }
+
+    async fn list_queues(&self, request: Request<ListQueuesRequest>) -> Result<Response<ListQueuesResponse>, Status> {
+        self.0.record(&request, "list_queues", vec![], 0);
+        let ambiguous = self.0.gate().await?;
+        let store = self.0.store.lock().unwrap();
+        let queues = store.queues.iter().map(|name| QueueInfo { name: name.clone(), ..Default::default() }).collect();
+        answer(ambiguous, ListQueuesResponse { queues })
+    }
+
+    async fn get_queue(&self, request: Request<GetQueueRequest>) -> Result<Response<GetQueueResponse>, Status> {
+        self.0.record(&request, "get_queue", vec![], 0);
+        let ambiguous = self.0.gate().await?;
+        let name = request.into_inner().name;
+        let store = self.0.store.lock().unwrap();
+        FakeState::check_queue(&store, &name)?;
+        let ready = store.messages.values().filter(|m| !m.in_flight).count() as u64;
+        let in_flight = store.messages.len() as u64 - ready;
+        answer(
+            ambiguous,
+            GetQueueResponse {
+                queue: Some(QueueInfo {
+                    name,
+                    config: Some(QueueConfig { visibility_timeout_ms: Some(30_000), dedup_window_ms: Some(300_000) }),
+                    stats: Some(QueueStats { ready, in_flight, ..Default::default() }),
+                    created_at_ms: 1,
+                }),
+            },
+        )
+    }
+
+    async fn purge_queue(&self, request: Request<PurgeQueueRequest>) -> Result<Response<PurgeQueueResponse>, Status> {
+        self.0.record(&request, "purge_queue", vec![], 0);
+        let ambiguous = self.0.gate().await?;
+        let name = request.into_inner().name;
+        let mut store = self.0.store.lock().unwrap();
+        FakeState::check_queue(&store, &name)?;
+        let deleted = store.messages.len() as u64;
+        store.messages.clear();
+        answer(ambiguous, PurgeQueueResponse { messages_deleted: deleted })
+    }
+
+    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        let ids = request.get_ref().messages.iter().map(|m| m.id.clone()).collect();
+        self.0.record(&request, "send", ids, 0);
+        let request = request.into_inner();
+        let ambiguous = self.0.gate().await?;
+        let results = {
+            let mut store = self.0.store.lock().unwrap();
+            FakeState::check_queue(&store, &request.queue)?;
+            let mut results = Vec::new();
+            for message in request.messages {
+                if message.body.as_ref() == b"bad" {
+                    results.push(SendResult {
+                        error: Some(entry_error(tonic::Code::InvalidArgument, "bad body")),
+                        ..Default::default()
+                    });
+                    continue;
+                }
+                if let Some(&seq) = store.seq_by_id.get(&message.id) {
+                    results.push(SendResult { id: message.id, seq, duplicate: true, error: None });
+                    continue;
+                }
+                store.next_seq += 1;
+                let seq = store.next_seq;
+                store.seq_by_id.insert(message.id.clone(), seq);
+                store.messages.insert(
+                    seq,
+                    StoredMessage { id: message.id.clone(), body: message.body, receive_count: 0, in_flight: false },
+                );
+                results.push(SendResult { id: message.id, seq, duplicate: false, error: None });
+            }
+            results
+        };
+        self.0.sent.notify_waiters();
+        let errors: Vec<_> = results.iter().map(|r| r.error.clone()).collect();
+        single_entry_status(&errors)?;
+        answer(ambiguous, SendResponse { results })
+    }
+
+    async fn receive(&self, request: Request<ReceiveRequest>) -> Result<Response<ReceiveResponse>, Status> {
+        self.0.record(&request, "receive", vec![], request.get_ref().wait_ms);
+        let request = request.into_inner();
+        let ambiguous = self.0.gate().await?;
+        let wait = Duration::from_millis(request.wait_ms);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register for wake-ups before looking, so that a send between
+            // the look and the wait is not missed.
+            let sent = self.0.sent.notified();
+            let messages = {
+                let mut store = self.0.store.lock().unwrap();
+                FakeState::check_queue(&store, &request.queue)?;
+                let max = request.max_messages.max(1) as usize;
+                let mut out = Vec::new();
+                for (&seq, message) in store.messages.iter_mut() {
+                    if out.len() == max {
+                        break;
+                    }
+                    if message.in_flight {
+                        continue;
+                    }
+                    message.in_flight = true;
+                    message.receive_count += 1;
+                    out.push(Message {
+                        id: message.id.clone(),
+                        body: message.body.clone(),
+                        receipt: format!("r-{seq}-{}", message.receive_count),
+                        receive_count: message.receive_count,
+                        seq,
+                        sent_at_ms: 1,
+                        first_received_at_ms: 2,
+                    });
+                }
+                out
+            };
+            if !messages.is_empty() || tokio::time::Instant::now() >= deadline {
+                return answer(ambiguous, ReceiveResponse { messages });
+            }
+            let _ = tokio::time::timeout_at(deadline, sent).await;
+        }
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        self.0.record(&request, "ack", vec![], 0);
+        let ambiguous = self.0.gate().await?;
+        let request = request.into_inner();
+        let mut store = self.0.store.lock().unwrap();
+        FakeState::check_queue(&store, &request.queue)?;
+        let results: Vec<ReceiptResult> = request
+            .receipts
+            .into_iter()
+            .map(|receipt| {
+                let seq =
+                    receipt.strip_prefix("r-").and_then(|r| r.split('-').next()).and_then(|s| s.parse::<u64>().ok());
+                let error = match seq {
+                    Some(seq) => {
+                        store.messages.remove(&seq);
+                        None
+                    }
+                    None => Some(entry_error(tonic::Code::FailedPrecondition, "stale receipt")),
+                };
+                ReceiptResult { receipt, error }
+            })
+            .collect();
+        let errors: Vec<_> = results.iter().map(|r| r.error.clone()).collect();
+        single_entry_status(&errors)?;
+        answer(ambiguous, AckResponse { results })
+    }
+
+    async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
+        self.0.record(&request, "nack", vec![], 0);
+        let ambiguous = self.0.gate().await?;
+        let request = request.into_inner();
+        let mut store = self.0.store.lock().unwrap();
+        let mut results = Vec::new();
+        for receipt in request.receipts {
+            let seq = receipt.strip_prefix("r-").and_then(|r| r.split('-').next()).and_then(|s| s.parse::<u64>().ok());
+            if let Some(message) = seq.and_then(|s| store.messages.get_mut(&s)) {
+                message.in_flight = false;
+            }
+            results.push(ReceiptResult { receipt, error: None });
+        }
+        drop(store);
+        self.0.sent.notify_waiters();
+        answer(ambiguous, NackResponse { results })
+    }
+
+    async fn change_visibility(
+        &self,
+        request: Request<ChangeVisibilityRequest>,
+    ) -> Result<Response<ChangeVisibilityResponse>, Status> {
+        self.0.record(&request, "change_visibility", vec![], 0);
+        let ambiguous = self.0.gate().await?;
+        let results =
+            request.into_inner().receipts.into_iter().map(|receipt| ReceiptResult { receipt, error: None }).collect();
+        answer(ambiguous, ChangeVisibilityResponse { results })
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for Service {
+    async fn node_status(&self, _request: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
+        let state = &self.0;
+        let (role, leader) = match state.mode.lock().unwrap().clone() {
+            Mode::Leader => ("leader", Some((state.id, state.address.clone()))),
+            Mode::NotLeader(hint) => ("follower", hint),
+        };
+        Ok(Response::new(NodeStatusResponse {
+            id: state.id,
+            address: state.address.clone(),
+            role: role.into(),
+            leader_id: leader.as_ref().map(|(id, _)| *id),
+            leader_address: leader.map(|(_, a)| a).unwrap_or_default(),
+            term: 7,
+            last_log_index: 10,
+            committed_index: 10,
+            applied_index: 9,
+            members: state
+                .members
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, address)| Member { id: *id, address: address.clone(), voter: true })
+                .collect(),
+            initialized: true,
+            millis_since_quorum_ack: None,
+        }))
+    }
+}
+
+/// A running fake node. Dropping it leaves the server running until the
+/// test's runtime ends; [`FakeNode::stop`] closes its port.
+pub struct FakeNode {
+    pub address: String,
+    pub state: Arc<FakeState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl FakeNode {
+    pub async fn start(id: u64, mode: Mode) -> FakeNode {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let state = Arc::new(FakeState {
+            id,
+            address: address.clone(),
+            mode: Mutex::new(mode),
+            script: Mutex::new(VecDeque::new()),
+            calls: Mutex::new(Vec::new()),
+            store: Mutex::new(Store::default()),
+            members: Mutex::new(Vec::new()),
+            sent: Notify::new(),
+        });
+        let service = Service(Arc::clone(&state));
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(QueuesServer::new(service.clone()))
+                .add_service(ClusterServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = signal.await;
+                })
+                .await
+                .unwrap();
+        });
+        FakeNode { address, state, shutdown: Some(shutdown), task: Some(task) }
+    }
+
+    /// Shuts the server down and waits until its port is closed.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// An address on which nothing listens: connecting is refused.
+pub async fn closed_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    address
+}
+
+/// Waits until `condition` holds, failing the test after `deadline`.
+pub async fn wait_for(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let give_up = tokio::time::Instant::now() + deadline;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < give_up, "gave up after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// An address that accepts TCP connections and never says a word: a frozen
+/// process or a network that drops everything after the handshake.
+pub async fn black_hole_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    address
+}
