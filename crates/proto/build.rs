@@ -8,8 +8,5 @@ fn main() {
         println!("cargo:rerun-if-changed={root}/{file}");
     }
     let fds = protox::compile(files, [root]).expect("compile proto files");
-    tonic_prost_build::configure()
-        .bytes(".")
-        .compile_fds(fds)
-        .expect("generate gRPC code");
+    tonic_prost_build::configure().bytes(".").compile_fds(fds).expect("generate gRPC code");
 }

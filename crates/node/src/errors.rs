@@ -16,6 +16,9 @@ use crate::types::*;
 pub const META_ERROR: &str = "quorumq-error";
 pub const META_LEADER_ID: &str = "quorumq-leader-id";
 pub const META_LEADER_ADDR: &str = "quorumq-leader-addr";
+/// On a not-leader answer: `unknown` when the request had been proposed
+/// before leadership was lost, so it may still commit.
+pub const META_OUTCOME: &str = "quorumq-outcome";
 
 pub fn code(kind: ErrorKind) -> Code {
     match kind {
@@ -71,7 +74,11 @@ pub fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> St
         // Our entry was overwritten by a new leader's log: it did not commit
         // here, but the caller cannot know whether a retry is needed; it
         // retries (sends carry ids, so a retry is never a duplicate).
-        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => forward(&f),
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
+            let mut status = forward(&f);
+            status.metadata_mut().insert(META_OUTCOME, MetadataValue::from_static("unknown"));
+            status
+        }
         RaftError::APIError(other) => Status::internal(other.to_string()),
         RaftError::Fatal(fatal) => Status::unavailable(format!("this node's raft has stopped: {fatal}")),
     }

@@ -146,7 +146,12 @@ impl Connection {
         decode(&reply.payload).map_err(network_error)
     }
 
-    async fn unary<Req, Resp, F, Fut>(&self, message: &Req, option: &RPCOption, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        message: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
@@ -178,7 +183,10 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         &'s mut self,
         input: S,
         option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {

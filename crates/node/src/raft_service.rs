@@ -55,10 +55,7 @@ impl Router {
         if target != self.self_id {
             // The sender's idea of who answers at this address is wrong (a
             // node was moved or replaced): refuse rather than act as another.
-            return Err(Status::failed_precondition(format!(
-                "this is node {}, not node {target}",
-                self.self_id
-            )));
+            return Err(Status::failed_precondition(format!("this is node {}, not node {target}", self.self_id)));
         }
         self.groups.get(&group_id).ok_or_else(|| Status::not_found(format!("no raft group {group_id} on this node")))
     }

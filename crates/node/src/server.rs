@@ -111,7 +111,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Listen { addr: config.listen, reason: e.to_string() })?;
-    let local_addr = listener.local_addr().map_err(|e| StartError::Listen { addr: config.listen, reason: e.to_string() })?;
+    let local_addr =
+        listener.local_addr().map_err(|e| StartError::Listen { addr: config.listen, reason: e.to_string() })?;
 
     let ctx = Arc::new(NodeCtx {
         id: config.id,
@@ -146,7 +147,17 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
 
     let bootstrap = tokio::spawn(form_cluster(raft.clone(), config.clone(), channels));
     tracing::info!(id = config.id, %local_addr, peers = ?config.peers, "node serving");
-    Ok(RunningNode { id: config.id, local_addr, raft, sm, log_stats, db, stop_server: Some(stop_tx), server, bootstrap })
+    Ok(RunningNode {
+        id: config.id,
+        local_addr,
+        raft,
+        sm,
+        log_stats,
+        db,
+        stop_server: Some(stop_tx),
+        server,
+        bootstrap,
+    })
 }
 
 impl RunningNode {

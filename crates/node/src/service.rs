@@ -44,14 +44,20 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The caller's deadline from the `grpc-timeout` header, capped.
+/// How long this request may take here: 90% of the caller's `grpc-timeout`
+/// (so that our own answer, even a timeout, reaches the caller before its
+/// clock runs out), capped; a default when the caller set none.
 fn write_timeout<T>(request: &Request<T>) -> Duration {
+    caller_budget(request).unwrap_or(limits::WRITE_TIMEOUT_DEFAULT)
+}
+
+fn caller_budget<T>(request: &Request<T>) -> Option<Duration> {
     request
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map_or(limits::WRITE_TIMEOUT_DEFAULT, |d| d.min(limits::WRITE_TIMEOUT_MAX))
+        .map(|d| (d * 9 / 10).min(limits::WRITE_TIMEOUT_MAX))
 }
 
 fn parse_grpc_timeout(s: &str) -> Option<Duration> {
@@ -101,7 +107,9 @@ impl NodeCtx {
     /// everything committed before the call: reads after it are linearizable.
     async fn linearizable(&self, timeout: Duration) -> Result<(), Status> {
         match tokio::time::timeout(timeout, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
-            Err(_) => Err(Status::deadline_exceeded(format!("leadership not confirmed by a quorum within {timeout:?}"))),
+            Err(_) => {
+                Err(Status::deadline_exceeded(format!("leadership not confirmed by a quorum within {timeout:?}")))
+            }
             Ok(Err(e)) => Err(errors::read_error(e)),
             Ok(Ok(_)) => Ok(()),
         }
@@ -250,7 +258,9 @@ impl pb::queues_server::Queues for QueueService {
         let name = request.into_inner().name;
         check_queue_name(&name)?;
         match self.ctx.write(Command::DeleteQueue { name }, timeout).await? {
-            Outcome::QueueDeleted { messages_deleted } => Ok(Response::new(pb::DeleteQueueResponse { messages_deleted })),
+            Outcome::QueueDeleted { messages_deleted } => {
+                Ok(Response::new(pb::DeleteQueueResponse { messages_deleted }))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -326,8 +336,7 @@ impl pb::queues_server::Queues for QueueService {
             };
             checked.push(result);
         }
-        let ids: Vec<Option<String>> =
-            checked.iter().map(|c| c.as_ref().ok().and_then(|m| m.id.clone())).collect();
+        let ids: Vec<Option<String>> = checked.iter().map(|c| c.as_ref().ok().and_then(|m| m.id.clone())).collect();
         let valid: Vec<qsm::NewMessage> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
         let (queue_id, mut outcomes) = if valid.is_empty() {
             (qsm::QueueId(0), Vec::new().into_iter())
@@ -367,7 +376,7 @@ impl pb::queues_server::Queues for QueueService {
     }
 
     async fn receive(&self, request: Request<pb::ReceiveRequest>) -> Result<Response<pb::ReceiveResponse>, Status> {
-        let timeout = write_timeout(&request);
+        let budget = caller_budget(&request);
         let request = request.into_inner();
         let queue = request.queue;
         check_queue_name(&queue)?;
@@ -388,7 +397,12 @@ impl pb::queues_server::Queues for QueueService {
                 limits::LONG_POLL_WAIT_MAX
             )));
         }
-        let until = Instant::now() + wait;
+        // The whole call, wait and Receive write included, must end within
+        // the caller's budget: stop waiting while a fifth of it is left.
+        let timeout = budget.unwrap_or(wait + limits::WRITE_TIMEOUT_DEFAULT);
+        let started = Instant::now();
+        let budget_end = started + timeout;
+        let until = (started + wait).min(budget_end - timeout / 5);
         loop {
             // Register for wake-ups before looking, so that a message applied
             // between the look and the wait is not missed.
@@ -399,9 +413,8 @@ impl pb::queues_server::Queues for QueueService {
 
             self.ctx.require_leader()?;
             let now = self.ctx.state_now();
-            let (visible, next_visible_at) = self.ctx.sm.read(|a| {
-                (a.state.has_visible(&queue, now), a.state.next_visible_at(&queue))
-            });
+            let (visible, next_visible_at) =
+                self.ctx.sm.read(|a| (a.state.has_visible(&queue, now), a.state.next_visible_at(&queue)));
             // Proposing a Receive costs a Raft round; skip it when the local
             // state shows nothing to deliver.
             if visible.map_err(|e| errors::queue_error(&e))? {
@@ -410,7 +423,8 @@ impl pb::queues_server::Queues for QueueService {
                     max_messages,
                     visibility_timeout_ms: request.visibility_timeout_ms,
                 };
-                let (queue_id, deliveries) = match self.ctx.write(command, timeout).await? {
+                let write_budget = budget_end.saturating_duration_since(Instant::now()).max(timeout / 5);
+                let (queue_id, deliveries) = match self.ctx.write(command, write_budget).await? {
                     Outcome::Received { queue_id, deliveries } => (queue_id, deliveries),
                     other => return Err(unexpected(other)),
                 };
@@ -459,15 +473,18 @@ impl pb::queues_server::Queues for QueueService {
     async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let timeout = write_timeout(&request);
         let r = request.into_inner();
-        let results = self.receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::Ack { queue, receipts }).await?;
+        let results = self
+            .receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::Ack { queue, receipts })
+            .await?;
         Ok(Response::new(pb::AckResponse { results }))
     }
 
     async fn nack(&self, request: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
         let timeout = write_timeout(&request);
         let r = request.into_inner();
-        let results =
-            self.receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::Nack { queue, receipts }).await?;
+        let results = self
+            .receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::Nack { queue, receipts })
+            .await?;
         Ok(Response::new(pb::NackResponse { results }))
     }
 
@@ -523,10 +540,8 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
             .nodes()
             .map(|(id, node)| admin_pb::Member { id: *id, address: node.addr.clone(), voter: voters.contains(id) })
             .collect();
-        let leader_address = m
-            .current_leader
-            .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()))
-            .unwrap_or_default();
+        let leader_address =
+            m.current_leader.and_then(|id| membership.get_node(&id).map(|n| n.addr.clone())).unwrap_or_default();
         let initialized = m.last_log_index.is_some() || m.vote.leader_id().term > 0;
         Ok(Response::new(admin_pb::NodeStatusResponse {
             id: self.ctx.id,
@@ -540,7 +555,10 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
             applied_index: m.last_applied.as_ref().map_or(0, |id| id.index()),
             members,
             initialized,
-            millis_since_quorum_ack: m.last_quorum_acked.as_ref().map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64),
+            millis_since_quorum_ack: m
+                .last_quorum_acked
+                .as_ref()
+                .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64),
         }))
     }
 }

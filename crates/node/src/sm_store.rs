@@ -219,7 +219,7 @@ impl StateMachineStore {
                 "loaded queue state from snapshot"
             );
             *shared.applied.write().expect("applied lock") = Applied {
-                last_applied: current.meta.last_log_id.clone(),
+                last_applied: current.meta.last_log_id,
                 last_membership: current.meta.last_membership.clone(),
                 state,
             };
@@ -392,11 +392,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        Ok(self.read(|a| (a.last_applied.clone(), a.last_membership.clone())))
+        Ok(self.read(|a| (a.last_applied, a.last_membership.clone())))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
-    where Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend {
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
         let shared = &self.shared;
         let mut effects = Vec::new();
         let mut replies = Vec::new();
@@ -405,12 +407,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         while let Some((entry, responder)) = entries.try_next().await? {
             let response = {
                 let mut applied = shared.applied.write().expect("applied lock");
-                applied.last_applied = Some(entry.log_id.clone());
+                applied.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => Ok(Outcome::None),
                     EntryPayload::Normal(request) => applied.state.apply(request, &mut effects),
                     EntryPayload::Membership(membership) => {
-                        applied.last_membership = StoredMembership::new(Some(entry.log_id.clone()), membership);
+                        applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                         Ok(Outcome::None)
                     }
                 }
@@ -502,10 +504,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if meta.last_log_id != expected.last_log_id {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!(
-                        "snapshot file is of log id {:?}, expected {:?}",
-                        meta.last_log_id, expected.last_log_id
-                    ),
+                    format!("snapshot file is of log id {:?}, expected {:?}", meta.last_log_id, expected.last_log_id),
                 ));
             }
             shared.remove_stale_files(false)?;
@@ -513,11 +512,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(io::Error::other)??;
-        *self.shared.applied.write().expect("applied lock") = Applied {
-            last_applied: meta.last_log_id.clone(),
-            last_membership: meta.last_membership.clone(),
-            state,
-        };
+        *self.shared.applied.write().expect("applied lock") =
+            Applied { last_applied: meta.last_log_id, last_membership: meta.last_membership.clone(), state };
         self.shared.notifier.wake_all();
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
@@ -537,7 +533,7 @@ impl StateMachineStore {
         let applied = self.shared.applied.read().expect("applied lock");
         let state_bytes = encode(&applied.state)?;
         let meta = SnapshotMeta {
-            last_log_id: applied.last_applied.clone(),
+            last_log_id: applied.last_applied,
             last_membership: applied.last_membership.clone(),
         };
         self.shared.deferred.lock().expect("deferred lock").building += 1;
@@ -578,7 +574,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             drop(state_bytes);
             let mut missing = 0u64;
             for (queue_id, seq) in state.message_keys() {
-                match shared.messages.get(message_keys::message(shared.group, queue_id, seq)).map_err(io::Error::other)?
+                match shared
+                    .messages
+                    .get(message_keys::message(shared.group, queue_id, seq))
+                    .map_err(io::Error::other)?
                 {
                     Some(record) => writer.record(queue_id, seq, &record)?,
                     // Only after a restart that replays entries whose

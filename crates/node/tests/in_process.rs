@@ -45,18 +45,18 @@ async fn wait_for_leader(nodes: &[RunningNode], timeout: Duration) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_and_serve_a_queue() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let nodes = start_cluster(dir.path(), 3).await;
     let leader = wait_for_leader(&nodes, Duration::from_secs(15)).await;
     let follower = (leader + 1) % 3;
 
     let mut client = QueuesClient::connect(format!("http://{}", nodes[leader].local_addr)).await.unwrap();
-    let created = client
-        .create_queue(pb::CreateQueueRequest { name: "jobs".into(), config: None })
-        .await
-        .unwrap()
-        .into_inner();
+    let created =
+        client.create_queue(pb::CreateQueueRequest { name: "jobs".into(), config: None }).await.unwrap().into_inner();
     assert!(created.created);
 
     // A follower refuses writes and names the leader.
@@ -114,7 +114,12 @@ async fn three_nodes_form_a_cluster_and_serve_a_queue() {
     let poll = tokio::spawn(async move {
         let started = Instant::now();
         let r = poller
-            .receive(pb::ReceiveRequest { queue: "jobs".into(), max_messages: 1, visibility_timeout_ms: None, wait_ms: 10_000 })
+            .receive(pb::ReceiveRequest {
+                queue: "jobs".into(),
+                max_messages: 1,
+                visibility_timeout_ms: None,
+                wait_ms: 10_000,
+            })
             .await
             .unwrap()
             .into_inner();
