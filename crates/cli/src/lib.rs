@@ -2,6 +2,7 @@
 //! `quorumq dev`, `quorumq demo` and the cluster tests, and argument parsing
 //! shared by the subcommands.
 
+pub mod cli;
 pub mod local_cluster;
 
 use std::time::Duration;

@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Args;
 use clap::Subcommand;
-use quorumq::parse_duration;
+use crate::parse_duration;
 use quorumq_client::Client;
 use quorumq_client::ClientConfig;
 use quorumq_client::EntryError;
@@ -20,7 +20,7 @@ use quorumq_client::QueueOptions;
 use quorumq_client::ReceiveOptions;
 use serde_json::json;
 
-use crate::Failure;
+use super::Failure;
 
 /// Messages per Send when reading `--stdin`.
 const STDIN_BATCH_DEFAULT: usize = 100;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use clap::Args;
-use quorumq::local_cluster::ClusterOptions;
-use quorumq::local_cluster::LocalCluster;
+use crate::local_cluster::ClusterOptions;
+use crate::local_cluster::LocalCluster;
 use quorumq_client::Client;
 use quorumq_client::ClientConfig;
 use quorumq_client::QueueOptions;
@@ -21,7 +21,7 @@ use quorumq_client::Role;
 use tokio::signal::unix::SignalKind;
 use tokio::signal::unix::signal;
 
-use crate::Failure;
+use super::Failure;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {

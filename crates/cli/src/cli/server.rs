@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use quorumq::parse_duration;
+use crate::parse_duration;
 use quorumq_node::config::Config;
 use quorumq_node::config::parse_peers;
 use tokio::signal::unix::SignalKind;
 use tokio::signal::unix::signal;
 
-use crate::Failure;
+use super::Failure;
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {

@@ -1,0 +1,118 @@
+//! The `quorumq` command line: run a node, a local cluster or the demo;
+//! manage queues; send, receive and acknowledge messages.
+//!
+//! Exit codes: 0 success; 1 the operation failed (the error is one line on
+//! stderr); 2 the command line or configuration is invalid.
+
+mod client_cmds;
+mod dev;
+mod server;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::Subcommand;
+use crate::parse_duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "quorumq", version, about = "A replicated quorum queue cluster", propagate_version = true)]
+struct Cli {
+    /// Cluster nodes to talk to (any subset; the leader is found).
+    #[arg(long, global = true, env = "QUORUMQ_CLUSTER", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    cluster: Vec<String>,
+    /// Print data as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// How long an operation may take, retries included.
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "10s")]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run one node.
+    Server(server::ServerArgs),
+    /// Run a local cluster on loopback until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Start a local 3-node cluster, kill its leader while sending, and check
+    /// that nothing acknowledged was lost.
+    Demo(dev::DemoArgs),
+    /// Create, delete, list, inspect and purge queues.
+    #[command(subcommand)]
+    Queue(client_cmds::QueueCmd),
+    /// Send messages (exit 0 only when every one was acknowledged).
+    Send(client_cmds::SendArgs),
+    /// Receive messages.
+    Recv(client_cmds::RecvArgs),
+    /// Acknowledge (delete) delivered messages by receipt.
+    Ack(client_cmds::ReceiptArgs),
+    /// Make delivered messages visible again now.
+    Nack(client_cmds::ReceiptArgs),
+    /// Change the visibility timeout of delivered messages.
+    Visibility(client_cmds::VisibilityArgs),
+    /// Cluster status.
+    #[command(subcommand)]
+    Cluster(client_cmds::ClusterCmd),
+}
+
+/// An error that ends the command: printed as one line; exit code 1, or 2
+/// for an invalid command line or configuration.
+pub struct Failure {
+    pub message: String,
+    pub exit: u8,
+}
+
+impl Failure {
+    pub fn usage(message: impl std::fmt::Display) -> Failure {
+        Failure { message: message.to_string(), exit: 2 }
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure { message: e.to_string(), exit: 1 }
+    }
+}
+
+/// Runs the command line of this process and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Cmd::Server(args) => server::run(args).await,
+            Cmd::Dev(args) => dev::run_dev(args).await,
+            Cmd::Demo(args) => dev::run_demo(args).await,
+            command => {
+                let client = client_cmds::connect(&cli.cluster, cli.timeout)?;
+                let out = client_cmds::Output { json: cli.json };
+                match command {
+                    Cmd::Queue(cmd) => client_cmds::queue(&client, out, cmd).await,
+                    Cmd::Send(args) => client_cmds::send(&client, out, args).await,
+                    Cmd::Recv(args) => client_cmds::recv(&client, out, args).await,
+                    Cmd::Ack(args) => client_cmds::ack(&client, out, args).await,
+                    Cmd::Nack(args) => client_cmds::nack(&client, out, args).await,
+                    Cmd::Visibility(args) => client_cmds::visibility(&client, out, args).await,
+                    Cmd::Cluster(cmd) => client_cmds::cluster(&client, out, cmd).await,
+                    Cmd::Server(_) | Cmd::Dev(_) | Cmd::Demo(_) => unreachable!("handled above"),
+                }
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { message, exit }) => {
+            eprintln!("error: {message}");
+            ExitCode::from(exit)
+        }
+    }
+}
