@@ -159,6 +159,17 @@ async fn run_flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<IOFlushed<Typ
         if let Some(e) = &error {
             tracing::error!(error = %e, "log flush failed; reporting the appends as failed");
         }
+        let flushes = stats.flushes.load(Ordering::Relaxed);
+        if flushes % 1000 == 0 {
+            tracing::debug!(
+                flushes,
+                appends = stats.appends.load(Ordering::Relaxed),
+                entries = stats.entries_appended.load(Ordering::Relaxed),
+                batch = waiting.len(),
+                flush_us_avg = stats.flush_micros_total.load(Ordering::Relaxed) / flushes.max(1),
+                "log flush stats"
+            );
+        }
         for callback in waiting.drain(..) {
             callback.io_completed(match &error {
                 None => Ok(()),

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the operation failed (the error is one line on
 //! stderr); 2 the command line or configuration is invalid.
 
+mod bench;
 mod client_cmds;
 mod dev;
 mod server;
@@ -56,6 +57,8 @@ enum Cmd {
     /// Cluster status.
     #[command(subcommand)]
     Cluster(client_cmds::ClusterCmd),
+    /// Measure send (and receive) throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 /// An error that ends the command: printed as one line; exit code 1, or 2
@@ -92,6 +95,7 @@ pub fn main() -> ExitCode {
             Cmd::Server(args) => server::run(args).await,
             Cmd::Dev(args) => dev::run_dev(args).await,
             Cmd::Demo(args) => dev::run_demo(args).await,
+            Cmd::Bench(args) => bench::run(&cli.cluster, cli.timeout, client_cmds::Output { json: cli.json }, args).await,
             command => {
                 let client = client_cmds::connect(&cli.cluster, cli.timeout)?;
                 let out = client_cmds::Output { json: cli.json };
@@ -103,7 +107,7 @@ pub fn main() -> ExitCode {
                     Cmd::Nack(args) => client_cmds::nack(&client, out, args).await,
                     Cmd::Visibility(args) => client_cmds::visibility(&client, out, args).await,
                     Cmd::Cluster(cmd) => client_cmds::cluster(&client, out, cmd).await,
-                    Cmd::Server(_) | Cmd::Dev(_) | Cmd::Demo(_) => unreachable!("handled above"),
+                    Cmd::Server(_) | Cmd::Dev(_) | Cmd::Demo(_) | Cmd::Bench(_) => unreachable!("handled above"),
                 }
             }
         }
