@@ -365,10 +365,54 @@ pub async fn visibility(client: &Client, out: Output, args: VisibilityArgs) -> R
 pub enum ClusterCmd {
     /// Every node's role, term and log positions, and the leader.
     Status,
+    /// One node's own status, asked directly (no leader following): exits 0
+    /// when it answers. A container health check.
+    Node {
+        /// The node's address (default: the first --cluster address).
+        addr: Option<String>,
+        /// Also require that the node knows a leader (exit 1 otherwise).
+        #[arg(long)]
+        require_leader: bool,
+    },
 }
 
 pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<(), Failure> {
     match cmd {
+        ClusterCmd::Node { addr, require_leader } => {
+            let addr = match addr {
+                Some(addr) => addr,
+                None => client.known_nodes().into_iter().next().ok_or_else(|| Failure::usage("no address"))?,
+            };
+            let s = client.node_status(&addr).await.map_err(fail)?;
+            if out.json {
+                out.print_json(json!({
+                    "id": s.id,
+                    "address": s.address,
+                    "role": s.role.as_str(),
+                    "leader": s.leader_id,
+                    "term": s.term,
+                    "last_log_index": s.last_log_index,
+                    "committed_index": s.committed_index,
+                    "applied_index": s.applied_index,
+                    "initialized": s.initialized,
+                }));
+            } else {
+                println!(
+                    "node {} at {}: {} in term {}, leader {}, log {}, committed {}, applied {}",
+                    s.id,
+                    s.address,
+                    s.role.as_str(),
+                    s.term,
+                    s.leader_id.map_or("unknown".to_string(), |l| l.to_string()),
+                    s.last_log_index,
+                    s.committed_index,
+                    s.applied_index
+                );
+            }
+            if require_leader && s.leader_id.is_none() {
+                return Err(Failure::from(format!("node {} knows no leader", s.id)));
+            }
+        }
         ClusterCmd::Status => {
             let status = client.cluster_status().await.map_err(fail)?;
             if out.json {
