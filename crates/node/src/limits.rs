@@ -49,3 +49,9 @@ pub const STREAM_REPLY_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 
 /// Concurrent client streams per connection.
 pub const CLIENT_CONCURRENT_STREAMS_MAX: u32 = 1024;
+
+/// Backoff between attempts to open a replication stream to a peer that
+/// cannot be reached: doubling from the minimum to the maximum. The maximum
+/// bounds how long a restarted follower waits to be replicated to again.
+pub const STREAM_RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
+pub const STREAM_RETRY_DELAY_MAX: Duration = Duration::from_millis(500);

@@ -91,6 +91,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             channel: self.channels.get(&node.addr),
+            stream_retry: Arc::new(Mutex::new(StreamRetry::default())),
         }
     }
 }
@@ -101,6 +102,32 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     channel: Result<Channel, String>,
+    stream_retry: Arc<Mutex<StreamRetry>>,
+}
+
+/// Backoff for replication streams. openraft (0.10.0-alpha.37) applies its
+/// backoff only while it produces a stream's requests, and starts a new
+/// stream session at once when opening one fails; without this, a leader
+/// spins on a dead follower (a core of CPU and megabytes of log a second).
+#[derive(Default)]
+struct StreamRetry {
+    failures: u32,
+    not_before: Option<tokio::time::Instant>,
+}
+
+impl StreamRetry {
+    fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = limits::STREAM_RETRY_DELAY_MIN
+            .saturating_mul(1 << self.failures.saturating_sub(1).min(8))
+            .min(limits::STREAM_RETRY_DELAY_MAX);
+        self.not_before = Some(tokio::time::Instant::now() + delay);
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.not_before = None;
+    }
 }
 
 fn unreachable(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
@@ -166,6 +193,90 @@ impl Connection {
             Ok(Ok(reply)) => self.reply(reply.into_inner()),
         }
     }
+    async fn open_stream<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let (group, target, from) = (self.group, self.target, self.self_id);
+        // Requests sent and not yet answered: a stream with none outstanding
+        // is idle, not stalled.
+        let outstanding = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sent = outstanding.clone();
+        let requests = input.map(move |rpc| {
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            pb::RaftRequest {
+                group_id: group,
+                target_node_id: target,
+                from_node_id: from,
+                // Encoding our own in-memory types cannot fail; if it ever
+                // did, an empty payload makes the follower end the stream.
+                payload: encode(&rpc).unwrap_or_default().into(),
+            }
+        });
+        let mut client = self.client()?;
+        let ttl = option.soft_ttl();
+        // The server routes the stream before its first frame arrives
+        // (openraft produces frames only once the stream is open).
+        let mut request = tonic::Request::new(requests);
+        let meta = request.metadata_mut();
+        meta.insert(STREAM_GROUP, group.into());
+        meta.insert(STREAM_TARGET, target.into());
+        let setup = ttl.max(limits::STREAM_SETUP_TIMEOUT_MIN);
+        let response = match tokio::time::timeout(setup, client.stream_append(request)).await {
+            Err(_) => return Err(unreachable(format!("{}: stream not accepted within {setup:?}", self.addr))),
+            Ok(Err(status)) => return Err(status_error(&self.addr, status)),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        let addr = self.addr.clone();
+        // A follower that stops answering requests (paused, cut off) must end
+        // the stream: while requests are outstanding, some answer has to
+        // arrive every `reply_timeout`. An idle stream may stay silent; HTTP/2
+        // keepalives catch a dead link under it.
+        let reply_timeout = ttl.max(limits::STREAM_REPLY_TIMEOUT_MIN);
+        let replies = futures::stream::unfold(Some(response), move |state| {
+            let (addr, outstanding) = (addr.clone(), outstanding.clone());
+            async move {
+                let mut response = state?;
+                let mut waited = Duration::ZERO;
+                let next = loop {
+                    let check = reply_timeout / 4;
+                    match tokio::time::timeout(check, response.message()).await {
+                        Ok(next) => break Ok(next),
+                        Err(_) if outstanding.load(std::sync::atomic::Ordering::Relaxed) == 0 => {
+                            waited = Duration::ZERO
+                        }
+                        Err(_) => {
+                            waited += check;
+                            if waited >= reply_timeout {
+                                break Err(());
+                            }
+                        }
+                    }
+                };
+                if matches!(next, Ok(Ok(Some(_)))) {
+                    outstanding.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                match next {
+                    Err(()) => Some((Err(unreachable(format!("{addr}: append stream stalled"))), None)),
+                    Ok(Err(status)) => Some((Err(status_error(&addr, status)), None)),
+                    Ok(Ok(None)) => None,
+                    Ok(Ok(Some(reply))) => {
+                        if !reply.error.is_empty() {
+                            return Some((Err(unreachable(format!("{addr}: {}", reply.error))), None));
+                        }
+                        let item = decode::<StreamAppendResult<TypeConfig>>(&reply.payload).map_err(network_error);
+                        let next = if item.is_ok() { Some(response) } else { None };
+                        Some((item, next))
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(replies) as BoxStream<'s, _>)
+    }
 }
 
 impl RaftNetworkV2<TypeConfig> for Connection {
@@ -191,53 +302,17 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
-            let (group, target, from) = (self.group, self.target, self.self_id);
-            let requests = input.map(move |rpc| pb::RaftRequest {
-                group_id: group,
-                target_node_id: target,
-                from_node_id: from,
-                // Encoding our own in-memory types cannot fail; if it ever
-                // did, an empty payload makes the follower end the stream.
-                payload: encode(&rpc).unwrap_or_default().into(),
-            });
-            let mut client = self.client()?;
-            let ttl = option.soft_ttl();
-            // The server routes the stream before its first frame arrives
-            // (openraft produces frames only once the stream is open).
-            let mut request = tonic::Request::new(requests);
-            let meta = request.metadata_mut();
-            meta.insert(STREAM_GROUP, group.into());
-            meta.insert(STREAM_TARGET, target.into());
-            let setup = ttl.max(limits::STREAM_SETUP_TIMEOUT_MIN);
-            let response = match tokio::time::timeout(setup, client.stream_append(request)).await {
-                Err(_) => return Err(unreachable(format!("{}: stream not accepted within {setup:?}", self.addr))),
-                Ok(Err(status)) => return Err(status_error(&self.addr, status)),
-                Ok(Ok(response)) => response.into_inner(),
-            };
-            let addr = self.addr.clone();
-            // A follower that stops answering (paused, cut off) must end the
-            // stream: each response has to arrive within the soft TTL once
-            // the stream is idle-free, and keepalives catch dead links.
-            let replies = futures::stream::unfold(Some(response), move |state| {
-                let addr = addr.clone();
-                async move {
-                    let mut response = state?;
-                    match tokio::time::timeout(ttl.max(limits::STREAM_REPLY_TIMEOUT_MIN), response.message()).await {
-                        Err(_) => Some((Err(unreachable(format!("{addr}: append stream stalled"))), None)),
-                        Ok(Err(status)) => Some((Err(status_error(&addr, status)), None)),
-                        Ok(Ok(None)) => None,
-                        Ok(Ok(Some(reply))) => {
-                            if !reply.error.is_empty() {
-                                return Some((Err(unreachable(format!("{addr}: {}", reply.error))), None));
-                            }
-                            let item = decode::<StreamAppendResult<TypeConfig>>(&reply.payload).map_err(network_error);
-                            let next = if item.is_ok() { Some(response) } else { None };
-                            Some((item, next))
-                        }
-                    }
-                }
-            });
-            Ok(Box::pin(replies) as BoxStream<'s, _>)
+            let retry = self.stream_retry.clone();
+            let not_before = retry.lock().expect("retry lock").not_before;
+            if let Some(at) = not_before {
+                tokio::time::sleep_until(at).await;
+            }
+            let result = self.open_stream(input, option).await;
+            match &result {
+                Ok(_) => retry.lock().expect("retry lock").succeeded(),
+                Err(_) => retry.lock().expect("retry lock").failed(),
+            }
+            result
         })
     }
 

@@ -142,9 +142,12 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             .add_service(raft_rpc)
             // Without TCP_NODELAY on accepted sockets, Nagle's algorithm and
             // delayed ACKs add ~40 ms to small replies.
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-                let _ = stop_rx.await;
-            }),
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
     );
 
     let bootstrap = tokio::spawn(form_cluster(raft.clone(), config.clone(), channels));

@@ -532,10 +532,7 @@ impl StateMachineStore {
     fn start_snapshot(&self) -> io::Result<SnapshotBuilder> {
         let applied = self.shared.applied.read().expect("applied lock");
         let state_bytes = encode(&applied.state)?;
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.last_membership.clone(),
-        };
+        let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.last_membership.clone() };
         self.shared.deferred.lock().expect("deferred lock").building += 1;
         Ok(SnapshotBuilder { shared: self.shared.clone(), meta, state_bytes: Some(state_bytes) })
     }
