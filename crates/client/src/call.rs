@@ -78,7 +78,7 @@ impl Client {
         loop {
             let now = Instant::now();
             if now >= deadline_at {
-                let error = give_up(op, now - start, attempts, last_error);
+                let error = give_up(op, now - start, attempts, last_error, ambiguous);
                 return Err(CallFailure { error, ambiguous });
             }
             let wait = wait_end.saturating_duration_since(now);
@@ -161,13 +161,19 @@ impl Client {
 }
 
 /// The error of an operation that ran out of time: `DeadlineExceeded` when
-/// the last attempt timed out or its outcome was unknown, else `Unavailable`
-/// carrying the last error.
-fn give_up(op: &str, elapsed: Duration, attempts: u32, last: Option<Error>) -> Error {
+/// the last attempt timed out or any attempt's outcome was unknown, else
+/// `Unavailable` carrying the last error (no attempt took effect).
+fn give_up(op: &str, elapsed: Duration, attempts: u32, last: Option<Error>, ambiguous: bool) -> Error {
     let summary = format!("{op} gave up after {attempts} attempts in {elapsed:?}");
     match last {
         None => Error::DeadlineExceeded(summary),
         Some(Error::DeadlineExceeded(last)) => Error::DeadlineExceeded(format!("{summary}; last error: {last}")),
+        // An earlier attempt may have taken effect: saying "unavailable"
+        // would suggest it certainly did not.
+        Some(last) if ambiguous => Error::DeadlineExceeded(format!(
+            "{summary}; an earlier attempt's outcome is unknown; last error: {}",
+            last.message()
+        )),
         Some(last) => Error::Unavailable(format!("{summary}; last error: {}", last.message())),
     }
 }

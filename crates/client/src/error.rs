@@ -56,10 +56,13 @@ pub enum Error {
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
     /// No node could serve the request before the deadline (nodes down, no
-    /// leader elected); carries the last error seen.
+    /// leader elected), and no attempt can have taken effect; carries the
+    /// last error seen.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The deadline passed while the outcome of the last attempt was unknown.
+    /// The deadline passed and the outcome is unknown: some attempt may
+    /// have taken effect (it timed out, its connection broke after the
+    /// request was sent, or the leader lost leadership after proposing it).
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
     /// The server failed, or answered something the client cannot read.
