@@ -169,10 +169,13 @@ pub async fn run(cluster_seeds: &[String], timeout: Duration, out: Output, args:
         receivers.push(tokio::spawn(async move {
             let mut local = histogram();
             loop {
-                let options = ReceiveOptions { max_messages: batch, wait: Duration::from_millis(500), visibility_timeout: None };
+                let options =
+                    ReceiveOptions { max_messages: batch, wait: Duration::from_millis(500), visibility_timeout: None };
                 let Ok(messages) = client.receive(&queue, options).await else { continue };
                 if messages.is_empty() {
-                    if !producing.load(Ordering::Relaxed) && consumed.load(Ordering::Relaxed) >= confirmed.load(Ordering::Relaxed) {
+                    if !producing.load(Ordering::Relaxed)
+                        && consumed.load(Ordering::Relaxed) >= confirmed.load(Ordering::Relaxed)
+                    {
                         break;
                     }
                     continue;
@@ -253,7 +256,11 @@ pub async fn run(cluster_seeds: &[String], timeout: Duration, out: Output, args:
                 e["p99_ms"]
             );
         }
-        println!("client CPU {:.1} s ({:.0}% of one core)", cpu.as_secs_f64(), 100.0 * cpu.as_secs_f64() / total_elapsed.as_secs_f64());
+        println!(
+            "client CPU {:.1} s ({:.0}% of one core)",
+            cpu.as_secs_f64(),
+            100.0 * cpu.as_secs_f64() / total_elapsed.as_secs_f64()
+        );
     }
     if failed.load(Ordering::Relaxed) > 0 && !out.json {
         eprintln!("warning: {} sends failed", failed.load(Ordering::Relaxed));

@@ -4,11 +4,11 @@
 use std::io::BufRead;
 use std::time::Duration;
 
+use crate::parse_duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Args;
 use clap::Subcommand;
-use crate::parse_duration;
 use quorumq_client::Client;
 use quorumq_client::ClientConfig;
 use quorumq_client::EntryError;

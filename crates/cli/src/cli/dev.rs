@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
-use clap::Args;
 use crate::local_cluster::ClusterOptions;
 use crate::local_cluster::LocalCluster;
+use clap::Args;
 use quorumq_client::Client;
 use quorumq_client::ClientConfig;
 use quorumq_client::QueueOptions;

@@ -12,9 +12,9 @@ mod server;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::parse_duration;
 use clap::Parser;
 use clap::Subcommand;
-use crate::parse_duration;
 
 #[derive(Parser, Debug)]
 #[command(name = "quorumq", version, about = "A replicated quorum queue cluster", propagate_version = true)]
@@ -83,6 +83,16 @@ impl<E: std::fmt::Display> From<E> for Failure {
 /// Runs the command line of this process and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Server(_)) {
+        // Like other Unix tools, end quietly when the reader of our output
+        // goes away (`quorumq cluster status | head -1`) instead of
+        // panicking on a failed print. The server keeps ignoring SIGPIPE: it
+        // writes to sockets that peers may close.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -95,7 +105,9 @@ pub fn main() -> ExitCode {
             Cmd::Server(args) => server::run(args).await,
             Cmd::Dev(args) => dev::run_dev(args).await,
             Cmd::Demo(args) => dev::run_demo(args).await,
-            Cmd::Bench(args) => bench::run(&cli.cluster, cli.timeout, client_cmds::Output { json: cli.json }, args).await,
+            Cmd::Bench(args) => {
+                bench::run(&cli.cluster, cli.timeout, client_cmds::Output { json: cli.json }, args).await
+            }
             command => {
                 let client = client_cmds::connect(&cli.cluster, cli.timeout)?;
                 let out = client_cmds::Output { json: cli.json };

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
 use crate::parse_duration;
+use clap::Args;
 use quorumq_node::config::Config;
 use quorumq_node::config::parse_peers;
 use tokio::signal::unix::SignalKind;
@@ -60,6 +60,8 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .init();
     let peers = parse_peers(&args.peers).map_err(Failure::usage)?;
     let mut config = Config::new(args.id, args.listen, args.data_dir, peers);
