@@ -11,11 +11,13 @@
 //! runs, the next batch of callbacks gathers, so under load many appends share
 //! one fsync.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
@@ -53,10 +55,18 @@ pub struct LogStore {
     tree: sled::Tree,
     flusher: mpsc::UnboundedSender<IOFlushed<TypeConfig>>,
     stats: Arc<LogStats>,
-    /// Test-only fault: report appends persisted without flushing (see
-    /// `Config::unsafe_ack_before_fsync`).
-    ack_before_fsync: bool,
+    /// Test-only fault (`Config::unsafe_ack_before_fsync`): appends are
+    /// reported persisted at once, but kept in memory and written to sled only
+    /// about a second later, as an operating system's cache would hold writes
+    /// that were never fsynced. A process killed meanwhile loses them, which
+    /// is what a machine losing power does to unsynced data. (sled itself
+    /// hands every batch to the OS at once, so without this a killed process
+    /// never loses anything and the broken mode would go unnoticed.)
+    unsynced: Option<Arc<Mutex<BTreeMap<u64, Entry>>>>,
 }
+
+/// How long the broken mode holds appended entries before writing them.
+const UNSYNCED_WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(1000);
 
 impl LogStore {
     /// Opens the log of `group` in `db`. Must be called inside a tokio
@@ -70,7 +80,12 @@ impl LogStore {
         let stats = Arc::new(LogStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_flusher(db.clone(), rx, stats.clone()));
-        Ok(LogStore { group, db, tree, flusher: tx, stats, ack_before_fsync })
+        let unsynced = ack_before_fsync.then(|| {
+            let unsynced = Arc::new(Mutex::new(BTreeMap::new()));
+            tokio::spawn(write_unsynced_later(tree.clone(), group, unsynced.clone()));
+            unsynced
+        });
+        Ok(LogStore { group, db, tree, flusher: tx, stats, unsynced })
     }
 
     pub fn stats(&self) -> Arc<LogStats> {
@@ -99,20 +114,31 @@ impl LogStore {
     }
 
     fn last_entry(&self) -> io::Result<Option<Entry>> {
-        match self.tree.scan_prefix(raft_keys::log_prefix(self.group)).next_back() {
-            None => Ok(None),
+        let stored = match self.tree.scan_prefix(raft_keys::log_prefix(self.group)).next_back() {
+            None => None,
             Some(item) => {
                 let (key, value) = item.map_err(io::Error::other)?;
                 let entry: Entry = decode(&value)?;
                 check_entry_key(&key, &entry)?;
-                Ok(Some(entry))
+                Some(entry)
             }
-        }
+        };
+        let unsynced = self
+            .unsynced
+            .as_ref()
+            .and_then(|u| u.lock().expect("unsynced lock").last_key_value().map(|(_, e)| e.clone()));
+        Ok(match (stored, unsynced) {
+            (Some(s), Some(u)) => Some(if u.index() >= s.index() { u } else { s }),
+            (s, u) => s.or(u),
+        })
     }
 
     /// Removes log entries with index in `range`, newest first, so that an
     /// interrupted removal leaves no hole.
     fn remove_range(&self, from: u64, to_inclusive: u64) -> io::Result<()> {
+        if let Some(unsynced) = &self.unsynced {
+            unsynced.lock().expect("unsynced lock").retain(|&i, _| i < from || i > to_inclusive);
+        }
         let keys: Vec<_> = self
             .tree
             .range(raft_keys::log(self.group, from)..=raft_keys::log(self.group, to_inclusive))
@@ -139,6 +165,25 @@ fn check_entry_key(key: &[u8], entry: &Entry) -> io::Result<()> {
     Ok(())
 }
 
+/// The broken mode's delayed writer (see `LogStore::unsynced`).
+async fn write_unsynced_later(tree: sled::Tree, group: GroupId, unsynced: Arc<Mutex<BTreeMap<u64, Entry>>>) {
+    loop {
+        tokio::time::sleep(UNSYNCED_WRITE_DELAY).await;
+        let mut pending = unsynced.lock().expect("unsynced lock");
+        let mut batch = sled::Batch::default();
+        for (index, entry) in pending.iter() {
+            match encode(entry) {
+                Ok(bytes) => batch.insert(&raft_keys::log(group, *index), bytes),
+                Err(e) => tracing::error!(error = %e, "encoding a log entry"),
+            }
+        }
+        if let Err(e) = tree.apply_batch(batch) {
+            tracing::error!(error = %e, "writing delayed log entries");
+        }
+        pending.clear();
+    }
+}
+
 async fn run_flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<IOFlushed<TypeConfig>>, stats: Arc<LogStats>) {
     let mut waiting = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -160,7 +205,7 @@ async fn run_flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<IOFlushed<Typ
             tracing::error!(error = %e, "log flush failed; reporting the appends as failed");
         }
         let flushes = stats.flushes.load(Ordering::Relaxed);
-        if flushes % 1000 == 0 {
+        if flushes.is_multiple_of(1000) {
             tracing::debug!(
                 flushes,
                 appends = stats.appends.load(Ordering::Relaxed),
@@ -203,14 +248,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Some(end) => self.tree.range(from..=raft_keys::log(self.group, end)),
             None => self.tree.range(from..=raft_keys::log(self.group, u64::MAX)),
         };
-        let mut entries = Vec::new();
+        let mut entries = BTreeMap::new();
         for item in iter {
             let (key, value) = item.map_err(io::Error::other)?;
             let entry: Entry = decode(&value)?;
             check_entry_key(&key, &entry)?;
-            entries.push(entry);
+            entries.insert(entry.index(), entry);
         }
-        Ok(entries)
+        if let Some(unsynced) = &self.unsynced {
+            let unsynced = unsynced.lock().expect("unsynced lock");
+            for (index, entry) in unsynced.range(start..=end.unwrap_or(u64::MAX)) {
+                entries.insert(*index, entry.clone());
+            }
+        }
+        Ok(entries.into_values().collect())
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
@@ -242,6 +293,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        if self.unsynced.is_some() {
+            // In the broken mode the committed index would be lost with the
+            // unsynced entries it covers; not saving it keeps a restarted
+            // node consistent with the log it actually has.
+            return Ok(());
+        }
         // Not flushed by itself: the next log or vote flush carries it. A
         // committed id older than the true one only means re-applying less
         // on restart; it is never ahead of the durable log.
@@ -257,6 +314,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Some(unsynced) = &self.unsynced {
+            // The deliberately broken mode: claim durability that does not
+            // exist. Only reachable through `Config::unsafe_ack_before_fsync`.
+            let mut unsynced = unsynced.lock().expect("unsynced lock");
+            for entry in entries {
+                unsynced.insert(entry.index(), entry);
+            }
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         let mut count = 0u64;
         for entry in entries {
@@ -266,12 +333,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.tree.apply_batch(batch).map_err(io::Error::other)?;
         self.stats.appends.fetch_add(1, Ordering::Relaxed);
         self.stats.entries_appended.fetch_add(count, Ordering::Relaxed);
-        if self.ack_before_fsync {
-            // The deliberately broken mode: claim durability that does not
-            // exist. Only reachable through `Config::unsafe_ack_before_fsync`.
-            callback.io_completed(Ok(()));
-            return Ok(());
-        }
         if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
             callback.io_completed(Err(io::Error::other("log flusher stopped")));
         }
