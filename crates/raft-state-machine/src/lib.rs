@@ -17,7 +17,7 @@
 //!
 //! let send = Command::Send {
 //!     queue: "jobs".into(),
-//!     messages: vec![NewMessage { id: Some("job-1".into()), body: Bytes::from("hello") }],
+//!     messages: vec![NewMessage { id: Some("job-1".into()), ..NewMessage::new(Bytes::from("hello")) }],
 //! };
 //! state.apply(Request { now_ms: 1_001, command: send }, &mut effects).unwrap();
 //!

@@ -54,3 +54,39 @@ pub const DEDUP_WINDOW_MS_MAX: u64 = 60 * 60 * 1000;
 /// queue receives more ids than this within its window, the oldest are
 /// forgotten first (and counted in `dedup_evicted_total`).
 pub const DEDUP_ENTRIES_PER_QUEUE_MAX: usize = 2_000_000;
+
+/// Queue retention: how long a message is kept at most (SQS's range).
+pub const RETENTION_MS_MIN: u64 = 60 * 1000;
+pub const RETENTION_MS_MAX: u64 = 14 * 24 * 60 * 60 * 1000;
+pub const RETENTION_MS_DEFAULT: u64 = 4 * 24 * 60 * 60 * 1000;
+
+/// Per-queue and per-message time to live: at most the longest retention.
+pub const MESSAGE_TTL_MS_MAX: u64 = RETENTION_MS_MAX;
+
+/// Send delays, queue default or per message (SQS's range).
+pub const DELAY_MS_MAX: u64 = 15 * 60 * 1000;
+
+/// A nack's delay before the message is visible again.
+pub const NACK_DELAY_MS_MAX: u64 = VISIBILITY_TIMEOUT_MS_MAX;
+
+/// Message priorities on standard queues: 0 (default) to 9, higher first.
+pub const PRIORITY_MAX: u8 = 9;
+
+/// User attributes per message, and the length of their names (SQS: 10).
+pub const ATTRIBUTES_MAX: usize = 10;
+pub const ATTRIBUTE_NAME_BYTES_MAX: usize = 256;
+
+/// FIFO message group names.
+pub const GROUP_BYTES_MAX: usize = 128;
+
+/// Dead-letter policy: at most this many receives before the move.
+pub const MAX_RECEIVES_MAX: u32 = 1000;
+
+/// Redelivery backoff: the longest delay, and the factor's range (in
+/// thousandths: 1000 = constant, 10000 = tenfold per delivery).
+pub const BACKOFF_MS_MAX: u64 = VISIBILITY_TIMEOUT_MS_MAX;
+pub const BACKOFF_FACTOR_MILLI_MIN: u32 = 1000;
+pub const BACKOFF_FACTOR_MILLI_MAX: u32 = 10_000;
+
+/// Messages one Redrive command moves.
+pub const REDRIVE_MESSAGES_MAX: u32 = 1000;
