@@ -2,6 +2,8 @@
 
 pub mod codec;
 pub mod config;
+pub mod consume;
+pub mod convert;
 pub mod errors;
 pub mod limits;
 pub mod log_store;

@@ -55,3 +55,19 @@ pub const CLIENT_CONCURRENT_STREAMS_MAX: u32 = 1024;
 /// bounds how long a restarted follower waits to be replicated to again.
 pub const STREAM_RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
 pub const STREAM_RETRY_DELAY_MAX: Duration = Duration::from_millis(500);
+
+/// Room in a push consumer's outgoing channel beyond its prefetch (for ack
+/// results and the final status).
+pub const CONSUME_CHANNEL_SLACK: usize = 16;
+
+/// How often an idle push consumer with room looks again without being
+/// woken (a safety net: applies wake it at once).
+pub const CONSUME_IDLE_RECHECK: Duration = Duration::from_secs(1);
+
+/// How often a push consumer whose prefetch is full looks for deliveries
+/// acked outside its stream.
+pub const CONSUME_FULL_RECHECK: Duration = Duration::from_millis(100);
+
+/// How often the leader checks whether expiries are due (and proposes a
+/// Tick).
+pub const TICK_INTERVAL: Duration = Duration::from_millis(500);

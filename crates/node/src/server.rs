@@ -53,6 +53,7 @@ pub struct RunningNode {
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     bootstrap: JoinHandle<()>,
+    ticker: JoinHandle<()>,
 }
 
 fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
@@ -120,6 +121,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         raft: raft.clone(),
         sm: sm.clone(),
         message_bytes_max: config.message_bytes_max,
+        push_consumers: Arc::default(),
     });
     let router = Router::new(config.id, HashMap::from([(QUEUES_GROUP, Group { raft: raft.clone(), sm: sm.clone() })]));
     let queues = client_pb::queues_server::QueuesServer::new(QueueService::new(ctx.clone()))
@@ -151,6 +153,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     );
 
     let bootstrap = tokio::spawn(form_cluster(raft.clone(), config.clone(), channels));
+    let ticker = tokio::spawn(tick(raft.clone(), sm.clone()));
     tracing::info!(id = config.id, %local_addr, peers = ?config.peers, "node serving");
     Ok(RunningNode {
         id: config.id,
@@ -162,6 +165,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         stop_server: Some(stop_tx),
         server,
         bootstrap,
+        ticker,
     })
 }
 
@@ -169,6 +173,7 @@ impl RunningNode {
     /// Stops serving, stops Raft and flushes storage.
     pub async fn shutdown(mut self) {
         self.bootstrap.abort();
+        self.ticker.abort();
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
@@ -241,5 +246,27 @@ async fn form_cluster(raft: Raft, config: Config, channels: Channels) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// On the leader: proposes a Tick whenever an expiry is due, so that expired
+/// messages are dead-lettered (or dropped) even in a queue nobody uses.
+async fn tick(raft: Raft, sm: StateMachineStore) {
+    let mut interval = tokio::time::interval(limits::TICK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if !raft.is_leader() {
+            continue;
+        }
+        let now = crate::service::now_ms();
+        if sm.read(|a| a.state.next_due_ms()).is_none_or(|due| due > now) {
+            continue;
+        }
+        let request =
+            quorumq_raft_state_machine::Request { now_ms: now, command: quorumq_raft_state_machine::Command::Tick };
+        if let Err(e) = tokio::time::timeout(limits::WRITE_TIMEOUT_DEFAULT, raft.client_write(request)).await {
+            tracing::debug!(error = %e, "tick not committed");
+        }
     }
 }

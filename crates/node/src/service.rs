@@ -23,6 +23,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use crate::convert::*;
 use crate::errors;
 use crate::limits;
 use crate::receipt;
@@ -36,11 +37,12 @@ pub struct NodeCtx {
     pub raft: Raft,
     pub sm: StateMachineStore,
     pub message_bytes_max: usize,
+    pub push_consumers: Arc<crate::consume::ConsumerCounts>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the leader's timestamp for
 /// the commands it proposes.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -86,13 +88,13 @@ impl NodeCtx {
         Some((leader, node.addr))
     }
 
-    fn require_leader(&self) -> Result<(), Status> {
+    pub(crate) fn require_leader(&self) -> Result<(), Status> {
         if self.raft.is_leader() { Ok(()) } else { Err(errors::not_leader(self.leader_hint())) }
     }
 
     /// Proposes a command and waits until it is committed by a majority and
     /// applied, or until `timeout` (then the outcome is unknown to us).
-    async fn write(&self, command: Command, timeout: Duration) -> Result<Outcome, Status> {
+    pub(crate) async fn write(&self, command: Command, timeout: Duration) -> Result<Outcome, Status> {
         let request = qsm::Request { now_ms: now_ms(), command };
         match tokio::time::timeout(timeout, self.raft.client_write(request)).await {
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -115,42 +117,88 @@ impl NodeCtx {
         }
     }
 
-    fn state_now(&self) -> u64 {
+    pub(crate) fn state_now(&self) -> u64 {
         now_ms().max(self.sm.read(|a| a.state.now_ms()))
     }
-}
 
-fn queue_config_from_pb(config: Option<pb::QueueConfig>) -> qsm::QueueConfig {
-    let defaults = qsm::QueueConfig::default();
-    let config = config.unwrap_or_default();
-    qsm::QueueConfig {
-        visibility_timeout_ms: config.visibility_timeout_ms.unwrap_or(defaults.visibility_timeout_ms),
-        dedup_window_ms: config.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
+    /// Ack, Nack and ChangeVisibility share this: decode receipts (a
+    /// malformed one fails alone), propose the well-formed ones, and merge
+    /// the results back in request order.
+    pub(crate) async fn receipts_command(
+        &self,
+        queue: String,
+        receipts: Vec<String>,
+        timeout: Duration,
+        make: impl FnOnce(String, Vec<qsm::Receipt>) -> Command,
+    ) -> Result<Vec<pb::ReceiptResult>, Status> {
+        check_queue_name(&queue)?;
+        check_receipt_count(receipts.len())?;
+        let decoded: Vec<Option<qsm::Receipt>> = receipts.iter().map(|r| receipt::decode(r)).collect();
+        let valid: Vec<qsm::Receipt> = decoded.iter().flatten().copied().collect();
+        let mut outcomes = if valid.is_empty() {
+            Vec::new()
+        } else {
+            match self.write(make(queue, valid), timeout).await? {
+                Outcome::Receipts(results) => results,
+                other => return Err(unexpected(other)),
+            }
+        }
+        .into_iter();
+        let results: Vec<pb::ReceiptResult> = receipts
+            .into_iter()
+            .zip(decoded)
+            .map(|(text, decoded)| {
+                let error = match decoded {
+                    None => Some(pb::EntryError {
+                        code: tonic::Code::InvalidArgument as i32,
+                        message: format!("malformed receipt {:?}", text.chars().take(64).collect::<String>()),
+                    }),
+                    Some(_) => match outcomes.next().expect("one result per proposed receipt") {
+                        Ok(()) => None,
+                        Err(e) => Some(errors::entry_error(&e)),
+                    },
+                };
+                pb::ReceiptResult { receipt: text, error }
+            })
+            .collect();
+        let failures: Vec<_> = results.iter().map(|r| r.error.as_ref()).collect();
+        single_entry_failure(&failures)?;
+        Ok(results)
     }
-}
 
-fn queue_info_to_pb(info: qsm::QueueInfo) -> pb::QueueInfo {
-    pb::QueueInfo {
-        name: info.name,
-        config: Some(pb::QueueConfig {
-            visibility_timeout_ms: Some(info.config.visibility_timeout_ms),
-            dedup_window_ms: Some(info.config.dedup_window_ms),
-        }),
-        stats: Some(pb::QueueStats {
-            ready: info.stats.ready,
-            in_flight: info.stats.in_flight,
-            bytes: info.stats.bytes,
-            sent_total: info.stats.sent_total,
-            acked_total: info.stats.acked_total,
-            received_total: info.stats.received_total,
-            oldest_sent_at_ms: info.stats.oldest_sent_at_ms,
-        }),
-        created_at_ms: info.created_at_ms,
+    /// The messages of a Receive's deliveries, bodies read from the store.
+    pub(crate) fn messages_for(
+        &self,
+        queue: &str,
+        queue_id: qsm::QueueId,
+        deliveries: &[qsm::Delivery],
+    ) -> Result<Vec<pb::Message>, Status> {
+        let mut messages = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let record = self
+                .sm
+                .load_message(queue_id, d.receipt.seq)
+                .map_err(|e| Status::internal(format!("reading message: {e}")))?;
+            let Some(record) = record else {
+                tracing::error!(queue = %queue, seq = d.receipt.seq.0, "delivered message has no stored record");
+                continue;
+            };
+            messages.push(message_to_pb(queue_id, d, record));
+        }
+        Ok(messages)
     }
 }
 
 fn unexpected(outcome: Outcome) -> Status {
     Status::internal(format!("unexpected outcome {outcome:?}"))
+}
+
+fn attribute_len(v: &pb::AttributeValue) -> usize {
+    match &v.value {
+        Some(pb::attribute_value::Value::StringValue(s)) => s.len(),
+        Some(pb::attribute_value::Value::BinaryValue(b)) => b.len(),
+        None => 0,
+    }
 }
 
 /// Request-level checks on a receipt batch.
@@ -184,51 +232,6 @@ impl QueueService {
     pub fn new(ctx: Arc<NodeCtx>) -> QueueService {
         QueueService { ctx }
     }
-
-    /// Ack, Nack and ChangeVisibility share this: decode receipts (a
-    /// malformed one fails alone), propose the well-formed ones, and merge
-    /// the results back in request order.
-    async fn receipts_command(
-        &self,
-        queue: String,
-        receipts: Vec<String>,
-        timeout: Duration,
-        make: impl FnOnce(String, Vec<qsm::Receipt>) -> Command,
-    ) -> Result<Vec<pb::ReceiptResult>, Status> {
-        check_queue_name(&queue)?;
-        check_receipt_count(receipts.len())?;
-        let decoded: Vec<Option<qsm::Receipt>> = receipts.iter().map(|r| receipt::decode(r)).collect();
-        let valid: Vec<qsm::Receipt> = decoded.iter().flatten().copied().collect();
-        let mut outcomes = if valid.is_empty() {
-            Vec::new()
-        } else {
-            match self.ctx.write(make(queue, valid), timeout).await? {
-                Outcome::Receipts(results) => results,
-                other => return Err(unexpected(other)),
-            }
-        }
-        .into_iter();
-        let results: Vec<pb::ReceiptResult> = receipts
-            .into_iter()
-            .zip(decoded)
-            .map(|(text, decoded)| {
-                let error = match decoded {
-                    None => Some(pb::EntryError {
-                        code: tonic::Code::InvalidArgument as i32,
-                        message: format!("malformed receipt {:?}", text.chars().take(64).collect::<String>()),
-                    }),
-                    Some(_) => match outcomes.next().expect("one result per proposed receipt") {
-                        Ok(()) => None,
-                        Err(e) => Some(errors::entry_error(&e)),
-                    },
-                };
-                pb::ReceiptResult { receipt: text, error }
-            })
-            .collect();
-        let failures: Vec<_> = results.iter().map(|r| r.error.as_ref()).collect();
-        single_entry_failure(&failures)?;
-        Ok(results)
-    }
 }
 
 #[tonic::async_trait]
@@ -240,8 +243,7 @@ impl pb::queues_server::Queues for QueueService {
         let timeout = write_timeout(&request);
         let request = request.into_inner();
         check_queue_name(&request.name)?;
-        let config = queue_config_from_pb(request.config);
-        config.validate().map_err(|e| errors::queue_error(&e))?;
+        let config = queue_config_from_pb(request.config)?;
         match self.ctx.write(Command::CreateQueue { name: request.name, config }, timeout).await? {
             Outcome::QueueCreated { queue, created } => {
                 Ok(Response::new(pb::CreateQueueResponse { queue: Some(queue_info_to_pb(queue)), created }))
@@ -316,7 +318,11 @@ impl pb::queues_server::Queues for QueueService {
                 sm_limits::SEND_BATCH_ENTRIES_MAX
             )));
         }
-        let total: usize = request.messages.iter().map(|m| m.body.len()).sum();
+        let total: usize = request
+            .messages
+            .iter()
+            .map(|m| m.body.len() + m.attributes.iter().map(|(k, v)| k.len() + attribute_len(v)).sum::<usize>())
+            .sum();
         if total > sm_limits::SEND_BATCH_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
                 "{total} bytes in one send, more than the limit of {} bytes",
@@ -324,18 +330,8 @@ impl pb::queues_server::Queues for QueueService {
             )));
         }
         // Entries that break a limit fail alone; the rest are proposed.
-        let mut checked: Vec<Result<qsm::NewMessage, QueueError>> = Vec::with_capacity(count);
-        for message in request.messages {
-            let id = (!message.id.is_empty()).then_some(message.id);
-            let result = if message.body.len() > self.ctx.message_bytes_max {
-                Err(QueueError::MessageTooLarge { bytes: message.body.len(), bytes_max: self.ctx.message_bytes_max })
-            } else if let Some(Err(e)) = id.as_deref().map(qsm::validate_message_id) {
-                Err(e)
-            } else {
-                Ok(qsm::NewMessage { id, body: message.body })
-            };
-            checked.push(result);
-        }
+        let checked: Vec<Result<qsm::NewMessage, QueueError>> =
+            request.messages.into_iter().map(|m| new_message_from_pb(m, self.ctx.message_bytes_max)).collect();
         let ids: Vec<Option<String>> = checked.iter().map(|c| c.as_ref().ok().and_then(|m| m.id.clone())).collect();
         let valid: Vec<qsm::NewMessage> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
         let (queue_id, mut outcomes) = if valid.is_empty() {
@@ -429,27 +425,7 @@ impl pb::queues_server::Queues for QueueService {
                     other => return Err(unexpected(other)),
                 };
                 if !deliveries.is_empty() {
-                    let mut messages = Vec::with_capacity(deliveries.len());
-                    for d in deliveries {
-                        let record = self
-                            .ctx
-                            .sm
-                            .load_message(queue_id, d.receipt.seq)
-                            .map_err(|e| Status::internal(format!("reading message: {e}")))?;
-                        let Some(record) = record else {
-                            tracing::error!(queue = %queue, seq = d.receipt.seq.0, "delivered message has no stored record");
-                            continue;
-                        };
-                        messages.push(pb::Message {
-                            id: qsm::message_id(queue_id, d.receipt.seq, record.id.as_deref()),
-                            body: record.body,
-                            receipt: receipt::encode(&d.receipt),
-                            receive_count: d.receipt.receive_count,
-                            seq: d.receipt.seq.0,
-                            sent_at_ms: d.sent_at_ms,
-                            first_received_at_ms: d.first_received_at_ms,
-                        });
-                    }
+                    let messages = self.ctx.messages_for(&queue, queue_id, &deliveries)?;
                     return Ok(Response::new(pb::ReceiveResponse { messages }));
                 }
             }
@@ -470,10 +446,51 @@ impl pb::queues_server::Queues for QueueService {
         }
     }
 
+    async fn set_queue(&self, request: Request<pb::SetQueueRequest>) -> Result<Response<pb::SetQueueResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let request = request.into_inner();
+        check_queue_name(&request.name)?;
+        let current_fifo = self.ctx.sm.read(|a| a.state.queue_info(&request.name, 0).map(|q| q.config.fifo));
+        let update = queue_update_from_pb(request.config.unwrap_or_default(), current_fifo)?;
+        match self.ctx.write(Command::SetQueue { name: request.name, update }, timeout).await? {
+            Outcome::QueueUpdated { queue } => {
+                Ok(Response::new(pb::SetQueueResponse { queue: Some(queue_info_to_pb(queue)) }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn redrive(&self, request: Request<pb::RedriveRequest>) -> Result<Response<pb::RedriveResponse>, Status> {
+        let timeout = write_timeout(&request);
+        let request = request.into_inner();
+        check_queue_name(&request.queue)?;
+        let to = (!request.to_queue.is_empty()).then_some(request.to_queue);
+        if let Some(to) = &to {
+            check_queue_name(to)?;
+        }
+        let command = Command::Redrive { queue: request.queue, to, max_messages: request.max_messages };
+        match self.ctx.write(command, timeout).await? {
+            Outcome::Redriven { moved, remaining, skipped } => {
+                Ok(Response::new(pb::RedriveResponse { moved, remaining, skipped }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    type ConsumeStream = crate::consume::ConsumeStream;
+
+    async fn consume(
+        &self,
+        request: Request<tonic::Streaming<pb::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        crate::consume::start(self.ctx.clone(), request.into_inner()).await.map(Response::new)
+    }
+
     async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let timeout = write_timeout(&request);
         let r = request.into_inner();
         let results = self
+            .ctx
             .receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::Ack { queue, receipts })
             .await?;
         Ok(Response::new(pb::AckResponse { results }))
@@ -482,8 +499,15 @@ impl pb::queues_server::Queues for QueueService {
     async fn nack(&self, request: Request<pb::NackRequest>) -> Result<Response<pb::NackResponse>, Status> {
         let timeout = write_timeout(&request);
         let r = request.into_inner();
+        let (delay_ms, dead_letter) = (r.delay_ms, r.dead_letter);
         let results = self
-            .receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::Nack { queue, receipts })
+            .ctx
+            .receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::Nack {
+                queue,
+                receipts,
+                delay_ms,
+                dead_letter,
+            })
             .await?;
         Ok(Response::new(pb::NackResponse { results }))
     }
@@ -497,6 +521,7 @@ impl pb::queues_server::Queues for QueueService {
         let visibility_timeout_ms = r.visibility_timeout_ms;
         qsm::validate_visibility_timeout(visibility_timeout_ms).map_err(|e| errors::queue_error(&e))?;
         let results = self
+            .ctx
             .receipts_command(r.queue, r.receipts, timeout, |queue, receipts| Command::ChangeVisibility {
                 queue,
                 receipts,
@@ -559,6 +584,8 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
                 .last_quorum_acked
                 .as_ref()
                 .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64),
+            snapshot_index: m.snapshot.as_ref().map_or(0, |id| id.index()),
+            purged_index: m.purged.as_ref().map_or(0, |id| id.index()),
         }))
     }
 }

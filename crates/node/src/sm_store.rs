@@ -46,6 +46,7 @@ use quorumq_raft_state_machine::Outcome;
 use quorumq_raft_state_machine::QueueId;
 use quorumq_raft_state_machine::Seq;
 use quorumq_raft_state_machine::State;
+use quorumq_raft_state_machine::message_id;
 use serde::Deserialize;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -404,6 +405,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut replies = Vec::new();
         let mut batch = sled::Batch::default();
         let mut woken = BTreeSet::new();
+        // Records written by this batch, for moves that read them back
+        // before the batch reaches sled.
+        let mut written: HashMap<[u8; 24], MessageRecord> = HashMap::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             let response = {
                 let mut applied = shared.applied.write().expect("applied lock");
@@ -420,7 +424,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for effect in effects.drain(..) {
                 match effect {
                     Effect::PutMessage { queue_id, seq, record } => {
-                        batch.insert(&message_keys::message(shared.group, queue_id, seq), encode(&record)?);
+                        let key = message_keys::message(shared.group, queue_id, seq);
+                        batch.insert(&key, encode(&record)?);
+                        written.insert(key, record);
                     }
                     Effect::DeleteMessage { queue_id, seq } => {
                         let key = message_keys::message(shared.group, queue_id, seq);
@@ -441,6 +447,40 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         } else {
                             drop(deferred);
                             shared.delete_below(queue_id, before)?;
+                        }
+                    }
+                    Effect::MoveMessage { from, to, dead_letter } => {
+                        // The record may have been written by this very
+                        // batch (not yet in sled): look there first.
+                        let from_key = message_keys::message(shared.group, from.0, from.1);
+                        let record = match written.remove(&from_key) {
+                            Some(record) => Some(record),
+                            None => match shared.messages.get(from_key).map_err(io::Error::other)? {
+                                Some(bytes) => Some(decode::<MessageRecord>(&bytes)?),
+                                None => None,
+                            },
+                        };
+                        match record {
+                            Some(mut record) => {
+                                // The message keeps the id it was delivered
+                                // under, even when the server assigned it.
+                                record.id.get_or_insert_with(|| message_id(from.0, from.1, None));
+                                record.dead_letter = dead_letter;
+                                let to_key = message_keys::message(shared.group, to.0, to.1);
+                                batch.insert(&to_key, encode(&record)?);
+                                written.insert(to_key, record);
+                            }
+                            None => tracing::warn!(
+                                queue_id = from.0.0,
+                                seq = from.1.0,
+                                "moved message has no stored record (deleted by a later entry before a restart)"
+                            ),
+                        }
+                        let mut deferred = shared.deferred.lock().expect("deferred lock");
+                        if deferred.building > 0 {
+                            deferred.ops.push(DeleteOp::One(from_key));
+                        } else {
+                            batch.remove(&from_key);
                         }
                     }
                     Effect::MessagesAvailable { queue } => {

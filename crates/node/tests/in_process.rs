@@ -64,7 +64,7 @@ async fn three_nodes_form_a_cluster_and_serve_a_queue() {
     let status = to_follower
         .send(pb::SendRequest {
             queue: "jobs".into(),
-            messages: vec![pb::OutgoingMessage { body: "x".into(), id: String::new() }],
+            messages: vec![pb::OutgoingMessage { body: "x".into(), id: String::new(), ..Default::default() }],
         })
         .await
         .unwrap_err();
@@ -79,8 +79,8 @@ async fn three_nodes_form_a_cluster_and_serve_a_queue() {
         .send(pb::SendRequest {
             queue: "jobs".into(),
             messages: vec![
-                pb::OutgoingMessage { body: "hello".into(), id: "m1".into() },
-                pb::OutgoingMessage { body: "world".into(), id: String::new() },
+                pb::OutgoingMessage { body: "hello".into(), id: "m1".into(), ..Default::default() },
+                pb::OutgoingMessage { body: "world".into(), id: String::new(), ..Default::default() },
             ],
         })
         .await
@@ -129,7 +129,7 @@ async fn three_nodes_form_a_cluster_and_serve_a_queue() {
     client
         .send(pb::SendRequest {
             queue: "jobs".into(),
-            messages: vec![pb::OutgoingMessage { body: "late".into(), id: String::new() }],
+            messages: vec![pb::OutgoingMessage { body: "late".into(), id: String::new(), ..Default::default() }],
         })
         .await
         .unwrap();
