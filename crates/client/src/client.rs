@@ -11,8 +11,8 @@ use tonic::transport::Channel;
 use crate::call::CallFailure;
 use crate::route::Router;
 use crate::{
-    ClientConfig, CreatedQueue, EntryError, Error, Message, OutgoingMessage, QueueInfo, QueueOptions, ReceiveOptions,
-    SendReceipt, convert, limits,
+    ClientConfig, CreatedQueue, EntryError, Error, Message, NackOptions, OutgoingMessage, QueueInfo, QueueOptions,
+    ReceiveOptions, RedriveOptions, RedriveResult, SendReceipt, convert, limits,
 };
 
 /// A handle to a quorumq cluster.
@@ -263,6 +263,97 @@ impl Client {
         Ok(response.messages_deleted)
     }
 
+    /// Changes attributes of an existing queue and returns it as it is now.
+    /// Only the fields that are `Some` change; see [`QueueOptions`] for the
+    /// values that remove a setting (`Some(Duration::ZERO)` for the message
+    /// TTL, `Some(0)` for a length limit, [`DeadLetterPolicy::none`] for the
+    /// dead-letter queue, [`RedeliveryBackoff::off`] for the backoff).
+    /// `fifo` cannot change: giving the queue's current value is accepted,
+    /// another gives [`Error::InvalidArgument`]. A dead-letter queue must
+    /// exist when it is set.
+    ///
+    /// Retried on failures of unknown outcome: setting the same attributes
+    /// again changes nothing more.
+    ///
+    /// [`DeadLetterPolicy::none`]: crate::DeadLetterPolicy::none
+    /// [`RedeliveryBackoff::off`]: crate::RedeliveryBackoff::off
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quorumq_client::Client) -> Result<(), quorumq_client::Error> {
+    /// use std::time::Duration;
+    /// use quorumq_client::{DeadLetterPolicy, QueueOptions};
+    ///
+    /// // Dead-letter after 5 receives, and keep messages for a day at most.
+    /// let options = QueueOptions { retention: Some(Duration::from_secs(86_400)), ..Default::default() }
+    ///     .with_dead_letter("jobs-dlq", 5);
+    /// let info = client.set_queue("jobs", options).await?;
+    /// assert_eq!(info.config.dead_letter.unwrap().queue, "jobs-dlq");
+    ///
+    /// // Remove the dead-letter policy and the length limit; nothing else changes.
+    /// let remove = QueueOptions {
+    ///     dead_letter: Some(DeadLetterPolicy::none()),
+    ///     max_messages: Some(0),
+    ///     ..Default::default()
+    /// };
+    /// client.set_queue("jobs", remove).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set_queue(&self, name: &str, options: QueueOptions) -> Result<QueueInfo, Error> {
+        let request = pc::SetQueueRequest { name: name.to_string(), config: Some(convert::queue_config(&options)) };
+        let response = self
+            .call("set_queue", Duration::ZERO, |attempt| {
+                let request = attempt.request(request.clone());
+                async move { queues(attempt.channel).set_queue(request).await }
+            })
+            .await?;
+        convert::required_queue(response.queue, "set_queue")
+    }
+
+    /// Moves up to `options.max_messages` (at most 1000) messages out of a
+    /// dead-letter queue, oldest first, as one replicated command: back to
+    /// the queues they came from, or all to `options.to`. Call again until
+    /// `remaining` is 0 or a call moves nothing: messages without a source
+    /// queue to return to (it was deleted, or they were never
+    /// dead-lettered) stay, counted in `skipped` (and, by today's server,
+    /// in `remaining` too); in-flight messages wait for their visibility
+    /// timeout.
+    /// A moved message keeps its id and body and loses its dead-letter
+    /// information.
+    ///
+    /// Retried on failures of unknown outcome, in which case `moved` counts
+    /// the last attempt only (an earlier attempt may have moved messages
+    /// too).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quorumq_client::Client) -> Result<(), quorumq_client::Error> {
+    /// use quorumq_client::RedriveOptions;
+    ///
+    /// loop {
+    ///     let result = client.redrive("jobs-dlq", RedriveOptions::default()).await?;
+    ///     println!("moved {}, {} left", result.moved, result.remaining);
+    ///     if result.remaining == 0 || result.moved == 0 {
+    ///         break;
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn redrive(&self, queue: &str, options: RedriveOptions) -> Result<RedriveResult, Error> {
+        let request = pc::RedriveRequest {
+            queue: queue.to_string(),
+            to_queue: options.to.unwrap_or_default(),
+            max_messages: options.max_messages,
+        };
+        let response = self
+            .call("redrive", Duration::ZERO, |attempt| {
+                let request = attempt.request(request.clone());
+                async move { queues(attempt.channel).redrive(request).await }
+            })
+            .await?;
+        Ok(convert::redrive_result(response))
+    }
+
     /// Sends one message. It is acknowledged once a majority of nodes holds
     /// it on disk.
     ///
@@ -314,7 +405,10 @@ impl Client {
     /// reports it that way.
     ///
     /// Messages without an id get a generated one before the first attempt,
-    /// as in [`Client::send`], which makes the batch safe to retry.
+    /// as in [`Client::send`], which makes the batch safe to retry; the
+    /// server is told these ids are generated (`id_generated`), so that a
+    /// queue with content-based deduplication still deduplicates such
+    /// messages by their body.
     ///
     /// ```no_run
     /// # async fn demo(client: quorumq_client::Client) -> Result<(), quorumq_client::Error> {
@@ -340,7 +434,7 @@ impl Client {
         }
         let mut wire = Vec::with_capacity(messages.len());
         for message in messages {
-            let id = match message.id.clone() {
+            let (id, generated) = match message.id.clone() {
                 Some(id) if id.is_empty() => {
                     // The server reads an empty id as "none" and would not
                     // deduplicate retries.
@@ -348,10 +442,10 @@ impl Client {
                         "a message id must not be empty; use None to have one generated".into(),
                     ));
                 }
-                Some(id) => id,
-                None => generate_message_id(),
+                Some(id) => (id, false),
+                None => (generate_message_id(), true),
             };
-            wire.push(convert::outgoing(message, id));
+            wire.push(convert::outgoing(message, id, generated));
         }
         let entries = wire.len();
         let request = pc::SendRequest { queue: queue.to_string(), messages: wire };
@@ -447,7 +541,9 @@ impl Client {
         self.settle(Settle::Ack, queue, receipts).await
     }
 
-    /// Gives a delivered message back: it becomes visible again now. Nacking
+    /// Gives a delivered message back: it becomes visible again now (or
+    /// after the queue's redelivery backoff, when it has one; see
+    /// [`Client::nack_with`] for a delay of your own or a reject). Nacking
     /// a message that is no longer in flight is a no-op, so a retry is
     /// harmless, unless the message was delivered again in between (then
     /// the receipt is stale: [`Error::FailedPrecondition`]).
@@ -459,7 +555,37 @@ impl Client {
     /// # }
     /// ```
     pub async fn nack(&self, queue: &str, receipt: impl Into<String>) -> Result<(), Error> {
-        single(self.settle(Settle::Nack, queue, vec![receipt.into()]).await?)
+        self.nack_with(queue, receipt, NackOptions::default()).await
+    }
+
+    /// Gives a delivered message back with options: visible again after
+    /// `options.delay`, or (with `dead_letter`) rejected: moved to the
+    /// queue's dead-letter queue, or dropped when it has none. A zero delay
+    /// makes the message visible now, or after the queue's redelivery
+    /// backoff when it has one.
+    ///
+    /// Retried on failures of unknown outcome; a retry of a nack that was
+    /// applied finds the message no longer in flight (or no longer in the
+    /// queue) and changes nothing.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quorumq_client::Client, message: quorumq_client::Message) -> Result<(), quorumq_client::Error> {
+    /// use std::time::Duration;
+    /// use quorumq_client::NackOptions;
+    ///
+    /// // Try again in a minute.
+    /// client.nack_with("jobs", &message.receipt, NackOptions { delay: Duration::from_secs(60), ..Default::default() }).await?;
+    /// # Ok(())
+    /// # }
+    /// # async fn reject(client: quorumq_client::Client, message: quorumq_client::Message) -> Result<(), quorumq_client::Error> {
+    /// # use quorumq_client::NackOptions;
+    /// // Poison: straight to the dead-letter queue.
+    /// client.nack_with("jobs", message.receipt, NackOptions { dead_letter: true, ..Default::default() }).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn nack_with(&self, queue: &str, receipt: impl Into<String>, options: NackOptions) -> Result<(), Error> {
+        single(self.settle(Settle::Nack(options), queue, vec![receipt.into()]).await?)
     }
 
     /// Nacks a batch of deliveries; one result per receipt, in order.
@@ -475,8 +601,31 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        self.nack_batch_with(queue, receipts, NackOptions::default()).await
+    }
+
+    /// Nacks a batch of deliveries with options (see [`Client::nack_with`]);
+    /// one result per receipt, in order.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quorumq_client::Client, receipts: Vec<String>) -> Result<(), quorumq_client::Error> {
+    /// use quorumq_client::NackOptions;
+    /// let results = client.nack_batch_with("jobs", receipts, NackOptions { dead_letter: true, ..Default::default() }).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn nack_batch_with<I, S>(
+        &self,
+        queue: &str,
+        receipts: I,
+        options: NackOptions,
+    ) -> Result<Vec<Result<(), EntryError>>, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         let receipts = receipts.into_iter().map(Into::into).collect();
-        self.settle(Settle::Nack, queue, receipts).await
+        self.settle(Settle::Nack(options), queue, receipts).await
     }
 
     /// Sets a delivery's visibility timeout to `timeout` from now (zero
@@ -547,8 +696,13 @@ impl Client {
                             .ack(attempt.request(pc::AckRequest { queue, receipts }))
                             .await
                             .map(|r| r.map(|r| r.results)),
-                        Settle::Nack => client
-                            .nack(attempt.request(pc::NackRequest { queue, receipts }))
+                        Settle::Nack(options) => client
+                            .nack(attempt.request(pc::NackRequest {
+                                queue,
+                                receipts,
+                                delay_ms: convert::millis(options.delay),
+                                dead_letter: options.dead_letter,
+                            }))
                             .await
                             .map(|r| r.map(|r| r.results)),
                         Settle::ChangeVisibility(timeout) => client
@@ -572,7 +726,7 @@ impl Client {
 #[derive(Clone, Copy, Debug)]
 enum Settle {
     Ack,
-    Nack,
+    Nack(NackOptions),
     ChangeVisibility(Duration),
 }
 
@@ -580,7 +734,7 @@ impl Settle {
     fn name(self) -> &'static str {
         match self {
             Settle::Ack => "ack",
-            Settle::Nack => "nack",
+            Settle::Nack(_) => "nack",
             Settle::ChangeVisibility(_) => "change_visibility",
         }
     }
@@ -593,7 +747,7 @@ fn single(mut results: Vec<Result<(), EntryError>>) -> Result<(), Error> {
 }
 
 /// A queue service client on `channel`, with the client's frame limits.
-fn queues(channel: Channel) -> QueuesClient<Channel> {
+pub(crate) fn queues(channel: Channel) -> QueuesClient<Channel> {
     QueuesClient::new(channel)
         .max_decoding_message_size(limits::FRAME_BYTES_MAX)
         .max_encoding_message_size(limits::FRAME_BYTES_MAX)
@@ -631,6 +785,12 @@ mod tests {
         assert_send(&client.cluster_status());
         let mut consumer = client.consumer("q", Default::default());
         assert_send(&consumer.next());
+        let mut subscription = client.subscribe("q", Default::default());
+        assert_send(&subscription.ack("r"));
+        assert_send(&subscription.next());
+        assert_send(&subscription.acker().nack("r", Default::default()));
+        assert_send(&client.redrive("q", Default::default()));
+        assert_send(&client.set_queue("q", Default::default()));
     }
 
     #[test]

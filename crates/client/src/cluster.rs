@@ -125,6 +125,10 @@ pub struct NodeStatus {
     pub initialized: bool,
     /// On the leader: milliseconds since it last heard from a quorum.
     pub millis_since_quorum_ack: Option<u64>,
+    /// Last log index covered by its latest snapshot (0: none yet).
+    pub snapshot_index: u64,
+    /// Highest index purged from its log (0: none).
+    pub purged_index: u64,
 }
 
 /// One node in a [`ClusterStatus`].

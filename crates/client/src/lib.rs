@@ -9,7 +9,10 @@
 //! (the producer's, or a random one), so that a retry after a lost answer is
 //! deduplicated by the server instead of enqueuing the message twice.
 //! Receives are at-least-once: a delivery that is not acked in its
-//! visibility timeout is delivered again.
+//! visibility timeout is delivered again. Consumers either poll
+//! ([`Client::receive`], [`Consumer`]) or subscribe ([`Client::subscribe`]):
+//! the leader then pushes messages on a stream as soon as they are applied,
+//! and the subscription follows the leader when it moves.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), quorumq_client::Error> {
@@ -33,8 +36,11 @@
 //! |---|---|---|
 //! | `send`, `send_batch`, `send_with_id` | yes: ids are fixed before the first attempt | `duplicate: true` when the earlier attempt was applied |
 //! | `receive`, `Consumer::next` | yes (at-least-once) | a lost answer's messages reappear after their visibility timeout |
-//! | `ack`, `nack`, `change_visibility` | yes: acking a deleted message succeeds | a stale-receipt error if the message was delivered again meanwhile |
+//! | `ack`, `nack`, `nack_with`, `change_visibility` | yes: acking a deleted message succeeds | a stale-receipt error if the message was delivered again meanwhile |
 //! | `create_queue` | yes | `created: false` |
+//! | `set_queue` | yes | nothing: the same attributes are set again |
+//! | `redrive` | yes | `moved` counts the last attempt only |
+//! | `Subscription::next` | reconnects (see [`Subscription`]) | deliveries held across a reconnect are delivered again |
 //! | `delete_queue` | yes | NOT_FOUND after an unknown outcome is reported as success (0 deleted) |
 //! | `purge_queue` | yes | the count of the last attempt only |
 //! | `node_status` | no (one attempt at one node) | — |
@@ -60,6 +66,7 @@ mod convert;
 mod error;
 pub mod limits;
 mod route;
+mod subscription;
 mod types;
 
 pub use client::{Client, generate_message_id};
@@ -73,6 +80,9 @@ pub use error::{
     ERROR_METADATA_KEY, EntryError, Error, LEADER_ADDR_METADATA_KEY, LEADER_ID_METADATA_KEY, NOT_LEADER,
     OUTCOME_METADATA_KEY, OUTCOME_UNKNOWN,
 };
+pub use subscription::{Acker, SubscribeOptions, Subscription};
 pub use types::{
-    CreatedQueue, Message, OutgoingMessage, QueueInfo, QueueOptions, QueueStats, ReceiveOptions, SendReceipt,
+    AttributeValue, CreatedQueue, DeadLetterInfo, DeadLetterPolicy, DeadLetterReason, Message, NackOptions,
+    OutgoingMessage, Overflow, QueueInfo, QueueOptions, QueueStats, ReceiveOptions, RedeliveryBackoff, RedriveOptions,
+    RedriveResult, SendReceipt,
 };

@@ -62,6 +62,31 @@ pub const GENERATED_ID_RANDOM_BITS: u32 = 128;
 /// bytes, well within the server's 128-byte limit on ids.
 pub const GENERATED_ID_PREFIX: &str = "c-";
 
+/// Receipts in one ack or nack sent on a subscription's stream, and in one
+/// unary nack of the deliveries a failed stream left unsettled. This
+/// repeats the server's limit on receipts per request (1000) on purpose: on
+/// a stream, a request the node refuses as a whole ends the stream, so a
+/// larger batch goes through the unary call instead, where a refusal fails
+/// only that call.
+pub const STREAM_RECEIPTS_MAX: usize = 1000;
+
+/// Receipts a subscription remembers as handed out and not yet settled, to
+/// nack them when it reconnects. Each costs a receipt string (~40 bytes).
+/// The node stops pushing at the prefetch (at most 1000), so only a caller
+/// that settles deliveries outside the subscription gets near it; the
+/// oldest receipts are then forgotten, and their messages come back after
+/// their visibility timeout instead of at once.
+pub const SUBSCRIPTION_HELD_MAX: usize = 4096;
+
+/// Acks and nacks a subscription sends on its stream before the node has
+/// answered them; more wait in the unary calls instead. Each costs its
+/// receipts and a waiting task. The node answers them one by one, in order.
+pub const SUBSCRIPTION_SETTLES_PENDING_MAX: usize = 1024;
+
+/// Requests queued for a subscription's stream before the transport takes
+/// them; when full, acks and nacks go through the unary calls.
+pub const SUBSCRIPTION_REQUESTS_QUEUED_MAX: usize = 64;
+
 // A generated id must fit the server's limit of 128 bytes on message ids.
 const _: () = assert!(GENERATED_ID_PREFIX.len() + (GENERATED_ID_RANDOM_BITS as usize / 4) <= 128);
 const _: () = assert!(CHANNELS_MAX >= KNOWN_NODES_MAX);

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{FakeNode, Mode, Reply, closed_address, wait_for};
 use quorumq_client::{
-    Client, ClientConfig, ConsumerOptions, EntryError, Error, OutgoingMessage, QueueOptions, ReceiveOptions, Role,
+    AttributeValue, Client, ClientConfig, ConsumerOptions, DeadLetterPolicy, EntryError, Error, NackOptions,
+    OutgoingMessage, Overflow, QueueOptions, ReceiveOptions, RedriveOptions, RedriveResult, Role,
 };
 use tokio::time::Instant;
 
@@ -102,6 +103,106 @@ async fn per_entry_errors_are_returned_per_entry() {
 
     let error = client.ack("q", "stale").await.unwrap_err();
     assert_eq!(error, Error::FailedPrecondition("stale receipt".into()));
+}
+
+#[tokio::test]
+async fn only_generated_ids_are_marked_generated() {
+    // Proves: the wire's `id_generated` is true for the ids the client made
+    // up and false for the producer's, on the first attempt and on retries.
+    let leader = FakeNode::start(1, Mode::Leader).await;
+    leader.state.add_queue("q");
+    leader.state.script([Reply::ApplyThenDeadlineExceeded]);
+    let client = Client::new(config(&[&leader.address])).unwrap();
+
+    let batch = vec![OutgoingMessage::new("a"), OutgoingMessage::new("b").with_id("mine")];
+    client.send_batch("q", batch).await.unwrap();
+    client.send_with_id("q", "also-mine", "c").await.unwrap();
+    client.send("q", "d").await.unwrap();
+
+    let sends = leader.state.calls_of("send");
+    assert_eq!(sends.len(), 4, "{sends:?}");
+    assert_eq!(sends[0].generated, [true, false]);
+    assert_eq!(sends[1].generated, [true, false], "the retry");
+    assert_eq!(sends[2].generated, [false]);
+    assert_eq!(sends[3].generated, [true]);
+}
+
+#[tokio::test]
+async fn message_fields_and_attributes_round_trip() {
+    // Proves: a message's attributes (text and binary), group and priority
+    // reach the server and come back on the received message.
+    let leader = FakeNode::start(1, Mode::Leader).await;
+    leader.state.add_queue("q");
+    let client = Client::new(config(&[&leader.address])).unwrap();
+
+    let message = OutgoingMessage::new("body")
+        .with_group("g-1")
+        .with_priority(7)
+        .with_delay(Duration::from_millis(1500))
+        .with_ttl(Duration::from_secs(60))
+        .with_attribute("tenant", "acme")
+        .with_attribute("blob", vec![0u8, 159, 255]);
+    client.send_batch("q", vec![message.clone()]).await.unwrap();
+    let received = client.receive("q", ReceiveOptions::default()).await.unwrap().pop().unwrap();
+
+    assert_eq!(received.body, "body");
+    assert_eq!(received.attributes, message.attributes);
+    assert_eq!(received.attributes["tenant"], AttributeValue::String("acme".into()));
+    assert_eq!(received.attributes["blob"].as_bytes(), &[0, 159, 255]);
+    assert_eq!(received.group.as_deref(), Some("g-1"));
+    assert_eq!(received.priority, 7);
+    assert_eq!(received.dead_letter, None);
+
+    // Nack options travel too (the fake ignores them, but not the call).
+    client
+        .nack_with("q", &received.receipt, NackOptions { delay: Duration::from_secs(3), dead_letter: true })
+        .await
+        .unwrap();
+    assert_eq!(leader.state.calls_of("nack")[0].receipts, [received.receipt]);
+}
+
+#[tokio::test]
+async fn set_queue_sends_only_the_fields_given_and_redrive_reports_counts() {
+    // Proves: set_queue sends the attributes that are set and nothing else
+    // (the fake merges them into what it had), removal values reach the
+    // server as the contract says, and redrive converts its answer.
+    let leader = FakeNode::start(1, Mode::Leader).await;
+    leader.state.add_queue("q");
+    leader.state.add_queue("dlq");
+    let client = Client::new(config(&[&leader.address])).unwrap();
+
+    let options = QueueOptions {
+        max_messages: Some(100),
+        overflow: Some(Overflow::DropHead),
+        message_ttl: Some(Duration::from_secs(600)),
+        ..QueueOptions::default()
+    }
+    .with_dead_letter("dlq", 4)
+    .with_redelivery_backoff(Duration::from_secs(1), Duration::from_secs(30));
+    let info = client.set_queue("q", options).await.unwrap();
+    assert_eq!(info.config.max_messages, Some(100));
+    assert_eq!(info.config.overflow, Some(Overflow::DropHead));
+    assert_eq!(info.config.message_ttl, Some(Duration::from_secs(600)));
+    assert_eq!(info.config.dead_letter, Some(DeadLetterPolicy { queue: "dlq".into(), max_receives: 4 }));
+    assert_eq!(info.config.redelivery_backoff.unwrap().max, Duration::from_secs(30));
+    assert_eq!(info.config.fifo, None);
+    assert_eq!(info.stats.delayed, 1);
+    assert_eq!(info.stats.dead_lettered_total, 2);
+
+    let only_ttl = QueueOptions { message_ttl: Some(Duration::ZERO), ..QueueOptions::default() };
+    let info = client.set_queue("q", only_ttl).await.unwrap();
+    assert_eq!(info.config.message_ttl, Some(Duration::ZERO));
+    assert_eq!(info.config.max_messages, Some(100), "a field not given changed");
+
+    let remove = QueueOptions { dead_letter: Some(DeadLetterPolicy::none()), ..QueueOptions::default() };
+    let info = client.set_queue("q", remove).await.unwrap();
+    assert_eq!(info.config.dead_letter, None);
+
+    for body in ["1", "2", "3"] {
+        client.send("dlq", body).await.unwrap();
+    }
+    let result = client.redrive("dlq", RedriveOptions { to: None, max_messages: 2 }).await.unwrap();
+    assert_eq!(result, RedriveResult { moved: 2, remaining: 1, skipped: 0 });
 }
 
 #[tokio::test]

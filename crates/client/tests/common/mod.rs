@@ -14,9 +14,9 @@ use quorumq_proto::admin::{Member, NodeStatusRequest, NodeStatusResponse};
 use quorumq_proto::client::queues_server::{Queues, QueuesServer};
 use quorumq_proto::client::*;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
 /// How a fake node answers calls that no script entry covers.
@@ -42,11 +42,16 @@ pub enum Reply {
 }
 
 /// One call the node saw, before it decided how to answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Call {
     pub method: &'static str,
     /// Message ids of a Send.
     pub ids: Vec<String>,
+    /// `id_generated` of each message of a Send.
+    pub generated: Vec<bool>,
+    /// Receipts of an Ack or Nack (unary, or on a Consume stream:
+    /// methods `consume_ack` and `consume_nack`).
+    pub receipts: Vec<String>,
     /// wait_ms of a Receive.
     pub wait_ms: u64,
     /// The `grpc-timeout` the client sent.
@@ -59,14 +64,70 @@ struct StoredMessage {
     body: Bytes,
     receive_count: u32,
     in_flight: bool,
+    attributes: HashMap<String, AttributeValue>,
+    group: String,
+    priority: u32,
 }
 
 #[derive(Default)]
 struct Store {
     queues: HashSet<String>,
+    /// Configurations set by SetQueue (merged field by field).
+    configs: HashMap<String, QueueConfig>,
     next_seq: u64,
     messages: BTreeMap<u64, StoredMessage>,
     seq_by_id: HashMap<String, u64>,
+}
+
+impl Store {
+    /// Takes up to `max` messages that are not in flight, as a Receive.
+    fn take_ready(&mut self, max: usize) -> Vec<Message> {
+        let mut out = Vec::new();
+        for (&seq, message) in self.messages.iter_mut() {
+            if out.len() == max {
+                break;
+            }
+            if message.in_flight {
+                continue;
+            }
+            message.in_flight = true;
+            message.receive_count += 1;
+            out.push(Message {
+                id: message.id.clone(),
+                body: message.body.clone(),
+                receipt: format!("r-{seq}-{}", message.receive_count),
+                receive_count: message.receive_count,
+                seq,
+                sent_at_ms: 1,
+                first_received_at_ms: 2,
+                attributes: message.attributes.clone(),
+                group: message.group.clone(),
+                priority: message.priority,
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    fn ack(&mut self, receipt: &str) -> Option<EntryError> {
+        match receipt_seq(receipt) {
+            Some(seq) => {
+                self.messages.remove(&seq);
+                None
+            }
+            None => Some(entry_error(tonic::Code::FailedPrecondition, "stale receipt")),
+        }
+    }
+
+    fn nack(&mut self, receipt: &str) {
+        if let Some(message) = receipt_seq(receipt).and_then(|s| self.messages.get_mut(&s)) {
+            message.in_flight = false;
+        }
+    }
+}
+
+fn receipt_seq(receipt: &str) -> Option<u64> {
+    receipt.strip_prefix("r-").and_then(|r| r.split('-').next()).and_then(|s| s.parse::<u64>().ok())
 }
 
 pub struct FakeState {
@@ -79,6 +140,12 @@ pub struct FakeState {
     /// Members reported by NodeStatus.
     members: Mutex<Vec<(u64, String)>>,
     sent: Notify,
+    /// Open Consume streams' response senders.
+    /// When set, Consume streams record acks and nacks but neither apply nor
+    /// answer them (a node that is about to lose its leadership).
+    mute_streams: std::sync::atomic::AtomicBool,
+    /// Weak, so that a stream ends when its task ends.
+    streams: Mutex<Vec<mpsc::WeakSender<Result<ConsumeResponse, Status>>>>,
 }
 
 impl FakeState {
@@ -111,10 +178,65 @@ impl FakeState {
         self.store.lock().unwrap().messages.len()
     }
 
+    /// Messages delivered and neither acked nor nacked.
+    pub fn in_flight_count(&self) -> usize {
+        self.store.lock().unwrap().messages.values().filter(|m| m.in_flight).count()
+    }
+
+    /// Adds a message as a Send would, without a call.
+    pub fn add_message(&self, body: &str) {
+        let mut store = self.store.lock().unwrap();
+        store.next_seq += 1;
+        let seq = store.next_seq;
+        store.messages.insert(
+            seq,
+            StoredMessage {
+                id: format!("m-{seq}"),
+                body: Bytes::copy_from_slice(body.as_bytes()),
+                receive_count: 0,
+                in_flight: false,
+                attributes: HashMap::new(),
+                group: String::new(),
+                priority: 0,
+            },
+        );
+        drop(store);
+        self.sent.notify_waiters();
+    }
+
+    /// Open Consume streams.
+    pub fn stream_count(&self) -> usize {
+        let mut streams = self.streams.lock().unwrap();
+        streams.retain(|s| s.upgrade().is_some_and(|s| !s.is_closed()));
+        streams.len()
+    }
+
+    /// Makes Consume streams swallow acks and nacks without answering.
+    pub fn mute_streams(&self) {
+        self.mute_streams.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ends every open Consume stream with `status`.
+    pub fn end_streams(&self, status: Status) {
+        for stream in self.streams.lock().unwrap().drain(..) {
+            if let Some(stream) = stream.upgrade() {
+                let _ = stream.try_send(Err(status.clone()));
+            }
+        }
+    }
+
     fn record<T>(&self, request: &Request<T>, method: &'static str, ids: Vec<String>, wait_ms: u64) {
-        let grpc_timeout =
+        self.record_call(request, Call { method, ids, wait_ms, ..Default::default() });
+    }
+
+    fn record_call<T>(&self, request: &Request<T>, mut call: Call) {
+        call.grpc_timeout =
             request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
-        self.calls.lock().unwrap().push(Call { method, ids, wait_ms, grpc_timeout });
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn push_call(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
     }
 
     /// Decides how to answer: `Ok(true)` means execute and then answer
@@ -142,7 +264,7 @@ impl FakeState {
     }
 }
 
-fn not_leader(hint: Option<(u64, String)>) -> Status {
+pub fn not_leader(hint: Option<(u64, String)>) -> Status {
     let mut status = Status::unavailable("not the leader");
     let md = status.metadata_mut();
     md.insert("quorumq-error", "not-leader".parse().unwrap());
@@ -216,19 +338,7 @@ impl Queues for Service {
         let name = request.into_inner().name;
         let store = self.0.store.lock().unwrap();
         FakeState::check_queue(&store, &name)?;
-        let ready = store.messages.values().filter(|m| !m.in_flight).count() as u64;
-        let in_flight = store.messages.len() as u64 - ready;
-        answer(
-            ambiguous,
-            GetQueueResponse {
-                queue: Some(QueueInfo {
-                    name,
-                    config: Some(QueueConfig { visibility_timeout_ms: Some(30_000), dedup_window_ms: Some(300_000) }),
-                    stats: Some(QueueStats { ready, in_flight, ..Default::default() }),
-                    created_at_ms: 1,
-                }),
-            },
-        )
+        answer(ambiguous, GetQueueResponse { queue: Some(queue_info(&store, name)) })
     }
 
     async fn purge_queue(&self, request: Request<PurgeQueueRequest>) -> Result<Response<PurgeQueueResponse>, Status> {
@@ -244,7 +354,8 @@ impl Queues for Service {
 
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let ids = request.get_ref().messages.iter().map(|m| m.id.clone()).collect();
-        self.0.record(&request, "send", ids, 0);
+        let generated = request.get_ref().messages.iter().map(|m| m.id_generated).collect();
+        self.0.record_call(&request, Call { method: "send", ids, generated, ..Default::default() });
         let request = request.into_inner();
         let ambiguous = self.0.gate().await?;
         let results = {
@@ -268,7 +379,15 @@ impl Queues for Service {
                 store.seq_by_id.insert(message.id.clone(), seq);
                 store.messages.insert(
                     seq,
-                    StoredMessage { id: message.id.clone(), body: message.body, receive_count: 0, in_flight: false },
+                    StoredMessage {
+                        id: message.id.clone(),
+                        body: message.body,
+                        receive_count: 0,
+                        in_flight: false,
+                        attributes: message.attributes,
+                        group: message.group,
+                        priority: message.priority,
+                    },
                 );
                 results.push(SendResult { id: message.id, seq, duplicate: false, error: None });
             }
@@ -293,28 +412,7 @@ impl Queues for Service {
             let messages = {
                 let mut store = self.0.store.lock().unwrap();
                 FakeState::check_queue(&store, &request.queue)?;
-                let max = request.max_messages.max(1) as usize;
-                let mut out = Vec::new();
-                for (&seq, message) in store.messages.iter_mut() {
-                    if out.len() == max {
-                        break;
-                    }
-                    if message.in_flight {
-                        continue;
-                    }
-                    message.in_flight = true;
-                    message.receive_count += 1;
-                    out.push(Message {
-                        id: message.id.clone(),
-                        body: message.body.clone(),
-                        receipt: format!("r-{seq}-{}", message.receive_count),
-                        receive_count: message.receive_count,
-                        seq,
-                        sent_at_ms: 1,
-                        first_received_at_ms: 2,
-                    });
-                }
-                out
+                store.take_ready(request.max_messages.max(1) as usize)
             };
             if !messages.is_empty() || tokio::time::Instant::now() >= deadline {
                 return answer(ambiguous, ReceiveResponse { messages });
@@ -324,7 +422,8 @@ impl Queues for Service {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        self.0.record(&request, "ack", vec![], 0);
+        let receipts = request.get_ref().receipts.clone();
+        self.0.record_call(&request, Call { method: "ack", receipts, ..Default::default() });
         let ambiguous = self.0.gate().await?;
         let request = request.into_inner();
         let mut store = self.0.store.lock().unwrap();
@@ -333,15 +432,7 @@ impl Queues for Service {
             .receipts
             .into_iter()
             .map(|receipt| {
-                let seq =
-                    receipt.strip_prefix("r-").and_then(|r| r.split('-').next()).and_then(|s| s.parse::<u64>().ok());
-                let error = match seq {
-                    Some(seq) => {
-                        store.messages.remove(&seq);
-                        None
-                    }
-                    None => Some(entry_error(tonic::Code::FailedPrecondition, "stale receipt")),
-                };
+                let error = store.ack(&receipt);
                 ReceiptResult { receipt, error }
             })
             .collect();
@@ -351,21 +442,36 @@ impl Queues for Service {
     }
 
     async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
-        self.0.record(&request, "nack", vec![], 0);
+        let receipts = request.get_ref().receipts.clone();
+        self.0.record_call(&request, Call { method: "nack", receipts, ..Default::default() });
         let ambiguous = self.0.gate().await?;
         let request = request.into_inner();
         let mut store = self.0.store.lock().unwrap();
         let mut results = Vec::new();
         for receipt in request.receipts {
-            let seq = receipt.strip_prefix("r-").and_then(|r| r.split('-').next()).and_then(|s| s.parse::<u64>().ok());
-            if let Some(message) = seq.and_then(|s| store.messages.get_mut(&s)) {
-                message.in_flight = false;
-            }
+            store.nack(&receipt);
             results.push(ReceiptResult { receipt, error: None });
         }
         drop(store);
         self.0.sent.notify_waiters();
         answer(ambiguous, NackResponse { results })
+    }
+
+    async fn set_queue(&self, request: Request<SetQueueRequest>) -> Result<Response<SetQueueResponse>, Status> {
+        self.do_set_queue(request).await
+    }
+
+    async fn redrive(&self, request: Request<RedriveRequest>) -> Result<Response<RedriveResponse>, Status> {
+        self.do_redrive(request).await
+    }
+
+    type ConsumeStream = ConsumeResponseStream;
+
+    async fn consume(
+        &self,
+        request: Request<tonic::Streaming<ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        self.do_consume(request).await
     }
 
     async fn change_visibility(
@@ -379,6 +485,158 @@ impl Queues for Service {
         answer(ambiguous, ChangeVisibilityResponse { results })
     }
 }
+
+fn queue_info(store: &Store, name: String) -> QueueInfo {
+    let ready = store.messages.values().filter(|m| !m.in_flight).count() as u64;
+    let in_flight = store.messages.len() as u64 - ready;
+    let config = store.configs.get(&name).cloned().unwrap_or(QueueConfig {
+        visibility_timeout_ms: Some(30_000),
+        dedup_window_ms: Some(300_000),
+        ..Default::default()
+    });
+    QueueInfo {
+        name,
+        config: Some(config),
+        stats: Some(QueueStats { ready, in_flight, delayed: 1, dead_lettered_total: 2, ..Default::default() }),
+        created_at_ms: 1,
+    }
+}
+
+/// Sets the fields of `update` that are set, as SetQueue does.
+fn merge_config(config: &mut QueueConfig, update: QueueConfig) {
+    macro_rules! merge {
+        ($($field:ident),*) => { $(if update.$field.is_some() { config.$field = update.$field; })* };
+    }
+    merge!(
+        visibility_timeout_ms,
+        dedup_window_ms,
+        retention_ms,
+        message_ttl_ms,
+        delay_ms,
+        max_messages,
+        max_bytes,
+        overflow,
+        redelivery_backoff,
+        fifo,
+        content_based_dedup
+    );
+    if let Some(policy) = update.dead_letter {
+        config.dead_letter = (!policy.queue.is_empty()).then_some(policy);
+    }
+}
+
+impl Service {
+    async fn do_set_queue(&self, request: Request<SetQueueRequest>) -> Result<Response<SetQueueResponse>, Status> {
+        self.0.record(&request, "set_queue", vec![], 0);
+        let ambiguous = self.0.gate().await?;
+        let request = request.into_inner();
+        let mut store = self.0.store.lock().unwrap();
+        FakeState::check_queue(&store, &request.name)?;
+        let mut config = store.configs.get(&request.name).cloned().unwrap_or_default();
+        merge_config(&mut config, request.config.unwrap_or_default());
+        store.configs.insert(request.name.clone(), config);
+        answer(ambiguous, SetQueueResponse { queue: Some(queue_info(&store, request.name)) })
+    }
+
+    async fn do_redrive(&self, request: Request<RedriveRequest>) -> Result<Response<RedriveResponse>, Status> {
+        self.0.record(&request, "redrive", vec![], 0);
+        let ambiguous = self.0.gate().await?;
+        let request = request.into_inner();
+        let mut store = self.0.store.lock().unwrap();
+        FakeState::check_queue(&store, &request.queue)?;
+        let max = if request.max_messages == 0 { 1000 } else { request.max_messages as usize };
+        let seqs: Vec<u64> = store.messages.keys().copied().take(max).collect();
+        for seq in &seqs {
+            store.messages.remove(seq);
+        }
+        let remaining = store.messages.len() as u64;
+        answer(ambiguous, RedriveResponse { moved: seqs.len() as u64, remaining, skipped: 0 })
+    }
+
+    /// A push consumer as the node serves it, minus timeouts: delivers up
+    /// to the prefetch, answers acks and nacks in order, and nacks what is
+    /// unsettled when the stream ends.
+    async fn do_consume(
+        &self,
+        request: Request<tonic::Streaming<ConsumeRequest>>,
+    ) -> Result<Response<ConsumeResponseStream>, Status> {
+        self.0.record(&request, "consume", vec![], 0);
+        let mut input = request.into_inner();
+        let first = input.message().await?.ok_or_else(|| Status::invalid_argument("empty consume stream"))?;
+        let Some(consume_request::Request::Start(start)) = first.request else {
+            return Err(Status::invalid_argument("the first request must be start"));
+        };
+        self.0.gate().await?;
+        FakeState::check_queue(&self.0.store.lock().unwrap(), &start.queue)?;
+        let prefetch = if start.prefetch == 0 { 10 } else { start.prefetch as usize };
+        let (tx, rx) = mpsc::channel(prefetch + 16);
+        self.0.streams.lock().unwrap().push(tx.downgrade());
+        let state = Arc::clone(&self.0);
+        tokio::spawn(async move {
+            let mut outstanding: Vec<String> = Vec::new();
+            loop {
+                let sent = state.sent.notified();
+                tokio::pin!(sent);
+                sent.as_mut().enable();
+                let messages = state.store.lock().unwrap().take_ready(prefetch.saturating_sub(outstanding.len()));
+                for message in messages {
+                    outstanding.push(message.receipt.clone());
+                    let response = ConsumeResponse { response: Some(consume_response::Response::Message(message)) };
+                    if tx.send(Ok(response)).await.is_err() {
+                        break;
+                    }
+                }
+                let request = tokio::select! {
+                    request = input.message() => request,
+                    _ = &mut sent => continue,
+                    _ = tx.closed() => break,
+                };
+                let (method, receipts) = match request {
+                    Ok(Some(ConsumeRequest { request: Some(consume_request::Request::Ack(a)) })) => {
+                        ("consume_ack", a.receipts)
+                    }
+                    Ok(Some(ConsumeRequest { request: Some(consume_request::Request::Nack(n)) })) => {
+                        ("consume_nack", n.receipts)
+                    }
+                    _ => break,
+                };
+                state.push_call(Call { method, receipts: receipts.clone(), ..Default::default() });
+                if state.mute_streams.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let results = {
+                    let mut store = state.store.lock().unwrap();
+                    receipts
+                        .into_iter()
+                        .map(|receipt| {
+                            let error = if method == "consume_ack" {
+                                store.ack(&receipt)
+                            } else {
+                                store.nack(&receipt);
+                                None
+                            };
+                            outstanding.retain(|r| *r != receipt);
+                            ReceiptResult { receipt, error }
+                        })
+                        .collect()
+                };
+                let response =
+                    ConsumeResponse { response: Some(consume_response::Response::Results(ReceiptResults { results })) };
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+            let mut store = state.store.lock().unwrap();
+            for receipt in outstanding {
+                store.nack(&receipt);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+type ConsumeResponseStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ConsumeResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Cluster for Service {
@@ -407,6 +665,8 @@ impl Cluster for Service {
                 .collect(),
             initialized: true,
             millis_since_quorum_ack: None,
+            snapshot_index: 0,
+            purged_index: 0,
         }))
     }
 }
@@ -433,6 +693,8 @@ impl FakeNode {
             store: Mutex::new(Store::default()),
             members: Mutex::new(Vec::new()),
             sent: Notify::new(),
+            streams: Mutex::new(Vec::new()),
+            mute_streams: std::sync::atomic::AtomicBool::new(false),
         });
         let service = Service(Arc::clone(&state));
         let (shutdown, signal) = oneshot::channel::<()>();
