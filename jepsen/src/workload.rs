@@ -53,9 +53,9 @@ pub async fn wait_for_leader(client: &Client, timeout: Duration) -> Result<u64, 
 /// Creates the test queue, retrying through elections.
 pub async fn create_queue(client: &Client, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
-    let options = QueueOptions { visibility_timeout: Some(VISIBILITY), dedup_window: None };
+    let options = QueueOptions { visibility_timeout: Some(VISIBILITY), ..QueueOptions::default() };
     loop {
-        match client.create_queue(QUEUE, options).await {
+        match client.create_queue(QUEUE, options.clone()).await {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() > deadline => return Err(format!("cannot create the queue: {e}")),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,

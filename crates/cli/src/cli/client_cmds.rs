@@ -1,5 +1,6 @@
-//! The client subcommands: queues, send, recv, ack, nack, visibility and
-//! cluster status, through the public `quorumq-client`.
+//! The client subcommands: queues (with redrive), send, recv, ack, nack,
+//! visibility and cluster status, through the public `quorumq-client`.
+//! `consume` is in `consume.rs`.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -9,15 +10,22 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Args;
 use clap::Subcommand;
+use quorumq_client::AttributeValue;
 use quorumq_client::Client;
 use quorumq_client::ClientConfig;
+use quorumq_client::DeadLetterPolicy;
 use quorumq_client::EntryError;
 use quorumq_client::Error;
 use quorumq_client::Message;
+use quorumq_client::NackOptions;
 use quorumq_client::OutgoingMessage;
+use quorumq_client::Overflow;
 use quorumq_client::QueueInfo;
 use quorumq_client::QueueOptions;
 use quorumq_client::ReceiveOptions;
+use quorumq_client::RedeliveryBackoff;
+use quorumq_client::RedriveOptions;
+use quorumq_client::RedriveResult;
 use serde_json::json;
 
 use super::Failure;
@@ -25,13 +33,13 @@ use super::Failure;
 /// Messages per Send when reading `--stdin`.
 const STDIN_BATCH_DEFAULT: usize = 100;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Output {
     pub json: bool,
 }
 
 impl Output {
-    fn print_json(self, value: serde_json::Value) {
+    pub(super) fn print_json(self, value: serde_json::Value) {
         println!("{value}");
     }
 }
@@ -47,8 +55,139 @@ pub fn connect(cluster: &[String], timeout: Duration) -> Result<Client, Failure>
 }
 
 /// One line for an error: the server's message without the code prefix.
-fn fail(e: Error) -> Failure {
+pub(super) fn fail(e: Error) -> Failure {
     Failure::from(e.message())
+}
+
+/// Attributes that `queue create` and `queue set` share.
+#[derive(Args, Debug, Default)]
+pub struct QueueAttrArgs {
+    /// How long a received message stays invisible (default 30s, at most 12h).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    visibility_timeout: Option<Duration>,
+    /// How long a message is kept at most (60s to 14d; default 4d).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    retention: Option<Duration>,
+    /// Time to live of every message; expired messages are dead-lettered (or
+    /// dropped without a dead-letter queue). 0: none (the default).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    message_ttl: Option<Duration>,
+    /// Delay before a new message becomes visible (0 to 15m; default 0).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    delay: Option<Duration>,
+    /// Most messages the queue holds. 0: no limit (the default).
+    #[arg(long, value_name = "N")]
+    max_length: Option<u64>,
+    /// Most body bytes the queue holds. 0: no limit (the default).
+    #[arg(long, value_name = "N")]
+    max_length_bytes: Option<u64>,
+    /// What a send beyond a length limit does: refuse the message
+    /// (reject-publish, the default) or make room by dead-lettering or
+    /// dropping the oldest messages (drop-head).
+    #[arg(long, value_enum, value_name = "POLICY")]
+    overflow: Option<OverflowArg>,
+    /// Dead-letter queue (it must exist): where messages go after
+    /// --max-receives receives, on expiry, when rejected (`nack
+    /// --dead-letter`) and when pushed out by drop-head.
+    #[arg(long, value_name = "QUEUE")]
+    dead_letter: Option<String>,
+    /// Receives after which a message moves to the dead-letter queue instead
+    /// of being delivered again (0: never for this reason; at most 1000).
+    #[arg(long, value_name = "N")]
+    max_receives: Option<u32>,
+    /// Delay before a nacked or timed-out message is visible again:
+    /// min(MAX, MIN * FACTOR^(receives - 1)); FACTOR defaults to 2
+    /// (e.g. `--redelivery-backoff 1s,5m` or `1s,5m,1.5`).
+    #[arg(long, value_parser = parse_backoff, value_name = "MIN,MAX[,FACTOR]")]
+    redelivery_backoff: Option<RedeliveryBackoff>,
+    /// How long a message id deduplicates sends (default 5m, at most 1h).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    dedup_window: Option<Duration>,
+    /// Deduplicate messages sent without an explicit --id by their body
+    /// (SHA-256), within the deduplication window.
+    #[arg(long)]
+    content_dedup: bool,
+}
+
+/// The overflow policies, as the command line spells them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverflowArg {
+    RejectPublish,
+    DropHead,
+}
+
+impl From<OverflowArg> for Overflow {
+    fn from(arg: OverflowArg) -> Overflow {
+        match arg {
+            OverflowArg::RejectPublish => Overflow::RejectPublish,
+            OverflowArg::DropHead => Overflow::DropHead,
+        }
+    }
+}
+
+/// Parses `MIN,MAX[,FACTOR]`: two durations and an optional growth factor
+/// (1 to 10, up to three decimals).
+fn parse_backoff(s: &str) -> Result<RedeliveryBackoff, String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let (min, max, factor) = match parts.as_slice() {
+        [min, max] => (min, max, None),
+        [min, max, factor] => (min, max, Some(factor)),
+        _ => return Err(format!("invalid backoff {s:?}: expected MIN,MAX[,FACTOR], e.g. 1s,5m or 1s,5m,1.5")),
+    };
+    let min = parse_duration(min)?;
+    let max = parse_duration(max)?;
+    if min.is_zero() || max < min {
+        return Err(format!("invalid backoff {s:?}: it needs 0 < MIN <= MAX"));
+    }
+    let factor_milli = match factor {
+        None => 0,
+        Some(f) => {
+            let value: f64 = f.parse().map_err(|_| format!("invalid backoff factor {f:?}: expected a number"))?;
+            if !(1.0..=10.0).contains(&value) {
+                return Err(format!("invalid backoff factor {f:?}: it must be from 1 to 10"));
+            }
+            (value * 1000.0).round() as u32
+        }
+    };
+    Ok(RedeliveryBackoff { min, max, factor_milli })
+}
+
+impl QueueAttrArgs {
+    /// The options these arguments give. `current` is the queue's
+    /// dead-letter policy, when changing an existing queue: a new
+    /// --dead-letter keeps its --max-receives, and --max-receives alone
+    /// keeps its queue.
+    fn options(&self, current: Option<&DeadLetterPolicy>) -> Result<QueueOptions, Failure> {
+        let dead_letter = match (&self.dead_letter, self.max_receives) {
+            (None, None) => None,
+            (Some(queue), max_receives) => Some(DeadLetterPolicy {
+                queue: queue.clone(),
+                max_receives: max_receives.or(current.map(|p| p.max_receives)).unwrap_or(0),
+            }),
+            (None, Some(max_receives)) => match current {
+                Some(policy) => Some(DeadLetterPolicy { queue: policy.queue.clone(), max_receives }),
+                None => {
+                    return Err(Failure::usage(
+                        "--max-receives needs --dead-letter (the queue has no dead-letter queue)",
+                    ));
+                }
+            },
+        };
+        Ok(QueueOptions {
+            visibility_timeout: self.visibility_timeout,
+            dedup_window: self.dedup_window,
+            retention: self.retention,
+            message_ttl: self.message_ttl,
+            delay: self.delay,
+            max_messages: self.max_length,
+            max_bytes: self.max_length_bytes,
+            overflow: self.overflow.map(Overflow::from),
+            dead_letter,
+            redelivery_backoff: self.redelivery_backoff,
+            fifo: None,
+            content_based_dedup: self.content_dedup.then_some(true),
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,12 +195,34 @@ pub enum QueueCmd {
     /// Create a queue (succeeds if it exists with the same attributes).
     Create {
         name: String,
-        /// How long a received message stays invisible (default 30s, at most 12h).
-        #[arg(long, value_parser = parse_duration)]
-        visibility_timeout: Option<Duration>,
-        /// How long a message id deduplicates sends (default 5m, at most 1h).
-        #[arg(long, value_parser = parse_duration)]
-        dedup_window: Option<Duration>,
+        /// A FIFO queue: messages of one group (`send --group`) are delivered
+        /// in order, one at a time. Cannot be changed later.
+        #[arg(long)]
+        fifo: bool,
+        #[command(flatten)]
+        attrs: QueueAttrArgs,
+    },
+    /// Change attributes of a queue. Only the attributes given change.
+    ///
+    /// To remove a setting: --no-dead-letter, --no-redelivery-backoff,
+    /// --message-ttl 0 (no TTL), --max-length 0 and --max-length-bytes 0 (no
+    /// limit), --no-content-dedup. --max-receives alone keeps the current
+    /// dead-letter queue; --dead-letter alone keeps the current
+    /// --max-receives. Whether a queue is FIFO cannot change.
+    Set {
+        name: String,
+        #[command(flatten)]
+        attrs: QueueAttrArgs,
+        /// Remove the dead-letter policy.
+        #[arg(long, conflicts_with_all = ["dead_letter", "max_receives"])]
+        no_dead_letter: bool,
+        /// Remove the redelivery backoff (nacked and timed-out messages are
+        /// visible again at once).
+        #[arg(long, conflicts_with = "redelivery_backoff")]
+        no_redelivery_backoff: bool,
+        /// Stop deduplicating by body.
+        #[arg(long, conflicts_with = "content_dedup")]
+        no_content_dedup: bool,
     },
     /// Delete a queue and its messages.
     Delete { name: String },
@@ -71,42 +232,139 @@ pub enum QueueCmd {
     Stats { name: String },
     /// Delete every message of a queue.
     Purge { name: String },
+    /// Move messages out of a dead-letter queue: back to the queues they came
+    /// from, or all to --to. Runs until the queue has nothing left to move
+    /// (in-flight messages wait for their visibility timeout) or --max
+    /// messages moved, in steps of at most 1000.
+    Redrive {
+        /// The dead-letter queue.
+        name: String,
+        /// Move every message to this queue instead of its source queue.
+        #[arg(long, value_name = "QUEUE")]
+        to: Option<String>,
+        /// Move at most this many messages.
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+    },
+}
+
+fn millis(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| d.as_millis() as u64)
+}
+
+/// A limit or TTL that 0 turns off: `null` when off.
+fn positive(v: Option<u64>) -> Option<u64> {
+    v.filter(|&v| v > 0)
 }
 
 fn queue_json(q: &QueueInfo) -> serde_json::Value {
+    let c = &q.config;
     json!({
         "name": q.name,
         "ready": q.stats.ready,
         "in_flight": q.stats.in_flight,
+        "delayed": q.stats.delayed,
         "bytes": q.stats.bytes,
         "sent_total": q.stats.sent_total,
         "acked_total": q.stats.acked_total,
         "received_total": q.stats.received_total,
+        "dead_lettered_total": q.stats.dead_lettered_total,
+        "expired_total": q.stats.expired_total,
+        "dropped_total": q.stats.dropped_total,
+        "rejected_total": q.stats.rejected_total,
         "oldest_sent_at_ms": q.stats.oldest_sent_at_ms,
-        "visibility_timeout_ms": q.config.visibility_timeout.map(|d| d.as_millis() as u64),
-        "dedup_window_ms": q.config.dedup_window.map(|d| d.as_millis() as u64),
+        "visibility_timeout_ms": millis(c.visibility_timeout),
+        "dedup_window_ms": millis(c.dedup_window),
+        "retention_ms": millis(c.retention),
+        "message_ttl_ms": positive(millis(c.message_ttl)),
+        "delay_ms": millis(c.delay),
+        "max_messages": positive(c.max_messages),
+        "max_bytes": positive(c.max_bytes),
+        "overflow": c.overflow.map(Overflow::as_str),
+        "dead_letter": c.dead_letter.as_ref().map(|p| json!({ "queue": p.queue, "max_receives": p.max_receives })),
+        "redelivery_backoff": c.redelivery_backoff.map(|b| json!({
+            "min_ms": b.min.as_millis() as u64,
+            "max_ms": b.max.as_millis() as u64,
+            "factor_milli": b.factor_milli,
+        })),
+        "fifo": c.fifo,
+        "content_based_dedup": c.content_based_dedup,
         "created_at_ms": q.created_at_ms,
     })
 }
 
 fn queue_line(q: &QueueInfo) -> String {
-    format!(
-        "{}: {} ready, {} in flight, {} bytes (sent {}, received {}, acked {})",
+    let mut line = format!(
+        "{}: {} ready, {} in flight, {} delayed, {} bytes (sent {}, received {}, acked {})",
         q.name,
         q.stats.ready,
         q.stats.in_flight,
+        q.stats.delayed,
         q.stats.bytes,
         q.stats.sent_total,
         q.stats.received_total,
         q.stats.acked_total
-    )
+    );
+    if q.config.fifo == Some(true) {
+        line.push_str(" [fifo]");
+    }
+    line
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// The attributes and the other counters, one per line, for `queue stats`.
+fn queue_details(q: &QueueInfo) -> Vec<String> {
+    let c = &q.config;
+    let s = &q.stats;
+    let mut lines = vec![format!(
+        "  dead-lettered {}, expired {}, dropped {}, rejected {}",
+        s.dead_lettered_total, s.expired_total, s.dropped_total, s.rejected_total
+    )];
+    let mut attrs: Vec<String> = Vec::new();
+    let mut duration = |name: &str, d: Option<Duration>| {
+        if let Some(d) = d.filter(|d| !d.is_zero()) {
+            attrs.push(format!("{name} {}", human(d)));
+        }
+    };
+    duration("visibility-timeout", c.visibility_timeout);
+    duration("retention", c.retention);
+    duration("message-ttl", c.message_ttl);
+    duration("delay", c.delay);
+    duration("dedup-window", c.dedup_window);
+    if let Some(n) = positive(c.max_messages) {
+        attrs.push(format!("max-length {n}"));
+    }
+    if let Some(n) = positive(c.max_bytes) {
+        attrs.push(format!("max-length-bytes {n}"));
+    }
+    if let Some(o) = c.overflow {
+        attrs.push(format!("overflow {}", o.as_str()));
+    }
+    if let Some(p) = &c.dead_letter {
+        attrs.push(format!("dead-letter {} (max-receives {})", p.queue, p.max_receives));
+    }
+    if let Some(b) = c.redelivery_backoff {
+        let factor = if b.factor_milli == 0 { 2.0 } else { f64::from(b.factor_milli) / 1000.0 };
+        attrs.push(format!("redelivery-backoff {}..{} x{factor}", human(b.min), human(b.max)));
+    }
+    if c.fifo == Some(true) {
+        attrs.push("fifo".into());
+    }
+    if c.content_based_dedup == Some(true) {
+        attrs.push("content-dedup".into());
+    }
+    lines.push(format!("  {}", attrs.join(", ")));
+    lines
 }
 
 pub async fn queue(client: &Client, out: Output, cmd: QueueCmd) -> Result<(), Failure> {
     match cmd {
-        QueueCmd::Create { name, visibility_timeout, dedup_window } => {
-            let created =
-                client.create_queue(&name, QueueOptions { visibility_timeout, dedup_window }).await.map_err(fail)?;
+        QueueCmd::Create { name, fifo, attrs } => {
+            let options = QueueOptions { fifo: fifo.then_some(true), ..attrs.options(None)? };
+            let created = client.create_queue(&name, options).await.map_err(fail)?;
             if out.json {
                 let mut value = queue_json(&created.queue);
                 value["created"] = json!(created.created);
@@ -115,6 +373,37 @@ pub async fn queue(client: &Client, out: Output, cmd: QueueCmd) -> Result<(), Fa
                 println!("created queue {name}");
             } else {
                 println!("queue {name} already exists with these attributes");
+            }
+        }
+        QueueCmd::Set { name, attrs, no_dead_letter, no_redelivery_backoff, no_content_dedup } => {
+            // --dead-letter or --max-receives alone change one half of the
+            // policy: the other half comes from the queue as it is.
+            let current = if attrs.dead_letter.is_some() != attrs.max_receives.is_some() {
+                client.get_queue(&name).await.map_err(fail)?.config.dead_letter
+            } else {
+                None
+            };
+            let mut options = attrs.options(current.as_ref())?;
+            if no_dead_letter {
+                options.dead_letter = Some(DeadLetterPolicy::none());
+            }
+            if no_redelivery_backoff {
+                options.redelivery_backoff = Some(RedeliveryBackoff::off());
+            }
+            if no_content_dedup {
+                options.content_based_dedup = Some(false);
+            }
+            if options == QueueOptions::default() {
+                return Err(Failure::usage("nothing to change: give at least one attribute (see --help)"));
+            }
+            let q = client.set_queue(&name, options).await.map_err(fail)?;
+            if out.json {
+                out.print_json(queue_json(&q));
+            } else {
+                println!("updated queue {name}");
+                for line in queue_details(&q).into_iter().skip(1) {
+                    println!("{line}");
+                }
             }
         }
         QueueCmd::Delete { name } => {
@@ -141,6 +430,9 @@ pub async fn queue(client: &Client, out: Output, cmd: QueueCmd) -> Result<(), Fa
                 out.print_json(queue_json(&q));
             } else {
                 println!("{}", queue_line(&q));
+                for line in queue_details(&q) {
+                    println!("{line}");
+                }
             }
         }
         QueueCmd::Purge { name } => {
@@ -151,6 +443,71 @@ pub async fn queue(client: &Client, out: Output, cmd: QueueCmd) -> Result<(), Fa
                 println!("purged {purged} messages from {name}");
             }
         }
+        QueueCmd::Redrive { name, to, max } => redrive(client, out, &name, to, max).await?,
+    }
+    Ok(())
+}
+
+/// Messages one Redrive call moves at most (the server allows 1000). Each
+/// call is one Raft entry that copies every record it moves; smaller steps
+/// keep each call well within the client's attempt timeout, so that a retry
+/// after a lost answer (which moves another step, and is counted alone) is
+/// rare and `--max` holds, and the progress bar moves.
+const REDRIVE_STEP_MAX: u64 = 250;
+
+async fn redrive(
+    client: &Client,
+    out: Output,
+    name: &str,
+    to: Option<String>,
+    max: Option<u64>,
+) -> Result<(), Failure> {
+    if max == Some(0) {
+        return Err(Failure::usage("--max must be at least 1"));
+    }
+    let limit = max.unwrap_or(u64::MAX);
+    let progress = if out.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} moved ({per_sec})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut moved = 0u64;
+    let last = loop {
+        let step = (limit - moved).min(REDRIVE_STEP_MAX) as u32;
+        let options = RedriveOptions { to: to.clone(), max_messages: step };
+        let result: RedriveResult = match client.redrive(name, options).await {
+            Ok(result) => result,
+            Err(e) => {
+                progress.abandon();
+                if moved > 0 {
+                    eprintln!("error: redrive stopped after moving {moved} messages");
+                }
+                return Err(fail(e));
+            }
+        };
+        moved += result.moved;
+        progress.set_length(moved + result.remaining.min(limit - moved));
+        progress.set_position(moved);
+        // No progress with messages left means they cannot move now (their
+        // source queue is gone, or they are in flight): stop rather than
+        // spin.
+        if result.remaining == 0 || result.moved == 0 || moved >= limit {
+            break result;
+        }
+    };
+    progress.finish_and_clear();
+    if out.json {
+        out.print_json(json!({ "moved": moved, "remaining": last.remaining, "skipped": last.skipped }));
+    } else {
+        let mut line = format!("moved {moved} message{} out of {name}", if moved == 1 { "" } else { "s" });
+        if last.remaining > 0 {
+            line.push_str(&format!("; {} left", last.remaining));
+        }
+        if last.skipped > 0 {
+            line.push_str(&format!("; {} skipped (no source queue to return to: give --to QUEUE)", last.skipped));
+        }
+        println!("{line}");
     }
     Ok(())
 }
@@ -170,6 +527,59 @@ pub struct SendArgs {
     /// Messages per batch with --stdin.
     #[arg(long, default_value_t = STDIN_BATCH_DEFAULT)]
     batch: usize,
+    /// Delay before the messages become visible (at most 15m; default: the
+    /// queue's). Not for FIFO queues.
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    delay: Option<Duration>,
+    /// Time to live of the messages (default: the queue's).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    ttl: Option<Duration>,
+    /// Message group (required on FIFO queues: a group's messages are
+    /// delivered in order, one at a time).
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
+    /// Priority on standard queues: 0 (default) to 9, higher first.
+    #[arg(long, value_name = "P")]
+    priority: Option<u32>,
+    /// A message attribute (repeatable, at most 10). The value is text;
+    /// `KEY=base64:DATA` gives a binary value, and `KEY=text:VALUE` a text
+    /// value that itself starts with `base64:` or `text:`.
+    #[arg(long = "attr", value_parser = parse_attribute, value_name = "KEY=VALUE")]
+    attributes: Vec<(String, AttributeValue)>,
+}
+
+/// Parses `KEY=VALUE`, `KEY=base64:DATA` (binary) or `KEY=text:VALUE`.
+fn parse_attribute(s: &str) -> Result<(String, AttributeValue), String> {
+    let Some((key, value)) = s.split_once('=') else {
+        return Err(format!("invalid attribute {s:?}: expected KEY=VALUE"));
+    };
+    if key.is_empty() {
+        return Err(format!("invalid attribute {s:?}: the key is empty"));
+    }
+    let value = if let Some(data) = value.strip_prefix("base64:") {
+        let bytes =
+            BASE64.decode(data).map_err(|e| format!("invalid attribute {key:?}: the value is not base64 ({e})"))?;
+        AttributeValue::Binary(bytes.into())
+    } else if let Some(text) = value.strip_prefix("text:") {
+        AttributeValue::String(text.to_string())
+    } else {
+        AttributeValue::String(value.to_string())
+    };
+    Ok((key.to_string(), value))
+}
+
+impl SendArgs {
+    /// A message with this body and the per-message options.
+    fn message(&self, body: String) -> OutgoingMessage {
+        let mut message = OutgoingMessage::new(body);
+        message.id = self.id.clone();
+        message.delay = self.delay;
+        message.ttl = self.ttl;
+        message.group = self.group.clone();
+        message.priority = self.priority.unwrap_or(0);
+        message.attributes = self.attributes.iter().cloned().collect();
+        message
+    }
 }
 
 pub async fn send(client: &Client, out: Output, args: SendArgs) -> Result<(), Failure> {
@@ -209,7 +619,7 @@ pub async fn send(client: &Client, out: Output, args: SendArgs) -> Result<(), Fa
         let stdin = std::io::stdin();
         let mut batch = Vec::with_capacity(args.batch);
         for line in stdin.lock().lines() {
-            batch.push(OutgoingMessage::new(line?));
+            batch.push(args.message(line?));
             if batch.len() == args.batch {
                 send_batch(std::mem::take(&mut batch)).await?;
             }
@@ -218,17 +628,7 @@ pub async fn send(client: &Client, out: Output, args: SendArgs) -> Result<(), Fa
             send_batch(batch).await?;
         }
     } else {
-        let messages = args
-            .bodies
-            .into_iter()
-            .map(|body| {
-                let message = OutgoingMessage::new(body);
-                match &args.id {
-                    Some(id) => message.with_id(id.clone()),
-                    None => message,
-                }
-            })
-            .collect::<Vec<_>>();
+        let messages = args.bodies.iter().map(|body| args.message(body.clone())).collect::<Vec<_>>();
         for chunk in messages.chunks(args.batch) {
             send_batch(chunk.to_vec()).await?;
         }
@@ -259,14 +659,31 @@ pub struct RecvArgs {
     ack: bool,
 }
 
-fn message_json(m: &Message) -> serde_json::Value {
+/// A received message as one JSON object (`recv --json`, `consume
+/// --json`). Attribute values are text, or `{"base64": …}` for binary ones;
+/// `group` and the `dead_letter_*` fields appear where they apply.
+pub(super) fn message_json(m: &Message) -> serde_json::Value {
+    let attributes: serde_json::Map<String, serde_json::Value> = m
+        .attributes
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                AttributeValue::String(s) => json!(s),
+                AttributeValue::Binary(b) => json!({ "base64": BASE64.encode(b) }),
+            };
+            (k.clone(), value)
+        })
+        .collect();
     let mut value = json!({
         "id": m.id,
         "receipt": m.receipt,
         "receive_count": m.receive_count,
         "seq": m.seq,
         "sent_at_ms": m.sent_at_ms,
+        "sent_at": rfc3339_ms(m.sent_at_ms),
         "first_received_at_ms": m.first_received_at_ms,
+        "priority": m.priority,
+        "attributes": attributes,
     });
     match std::str::from_utf8(&m.body) {
         Ok(text) => value["body"] = json!(text),
@@ -275,7 +692,31 @@ fn message_json(m: &Message) -> serde_json::Value {
             value["body_base64"] = json!(BASE64.encode(&m.body));
         }
     }
+    if let Some(group) = &m.group {
+        value["group"] = json!(group);
+    }
+    if let Some(dl) = &m.dead_letter {
+        value["dead_letter_reason"] = json!(dl.reason.as_str());
+        value["dead_letter_source_queue"] = json!(dl.source_queue);
+        value["dead_letter_receive_count"] = json!(dl.receive_count);
+    }
     value
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 UTC.
+fn rfc3339_ms(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// A received message as one line of text: id, receive count, receipt and
+/// body (binary bodies as `base64:…`), tab-separated.
+pub(super) fn message_line(m: &Message) -> String {
+    let body = match std::str::from_utf8(&m.body) {
+        Ok(text) => text.to_string(),
+        Err(_) => format!("base64:{}", BASE64.encode(&m.body)),
+    };
+    format!("{}\t{}\t{}\t{}", m.id, m.receive_count, m.receipt, body)
 }
 
 pub async fn recv(client: &Client, out: Output, args: RecvArgs) -> Result<(), Failure> {
@@ -288,11 +729,7 @@ pub async fn recv(client: &Client, out: Output, args: RecvArgs) -> Result<(), Fa
         if out.json {
             out.print_json(message_json(m));
         } else {
-            let body = match std::str::from_utf8(&m.body) {
-                Ok(text) => text.to_string(),
-                Err(_) => format!("base64:{}", BASE64.encode(&m.body)),
-            };
-            println!("{}\t{}\t{}\t{}", m.id, m.receive_count, m.receipt, body);
+            println!("{}", message_line(m));
         }
     }
     if args.ack && !messages.is_empty() {
@@ -302,7 +739,11 @@ pub async fn recv(client: &Client, out: Output, args: RecvArgs) -> Result<(), Fa
     Ok(())
 }
 
-fn report_receipts(receipts: &[String], results: Vec<Result<(), EntryError>>, what: &str) -> Result<(), Failure> {
+pub(super) fn report_receipts(
+    receipts: &[String],
+    results: Vec<Result<(), EntryError>>,
+    what: &str,
+) -> Result<(), Failure> {
     let mut failed = 0;
     for (receipt, result) in receipts.iter().zip(results) {
         if let Err(e) = result {
@@ -332,11 +773,28 @@ pub async fn ack(client: &Client, out: Output, args: ReceiptArgs) -> Result<(), 
     Ok(())
 }
 
-pub async fn nack(client: &Client, out: Output, args: ReceiptArgs) -> Result<(), Failure> {
-    let results = client.nack_batch(&args.queue, args.receipts.clone()).await.map_err(fail)?;
+#[derive(Args, Debug)]
+pub struct NackArgs {
+    queue: String,
+    #[arg(required = true)]
+    receipts: Vec<String>,
+    /// Visible again after this long (at most 12h) instead of now (or after
+    /// the queue's redelivery backoff).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    delay: Option<Duration>,
+    /// Reject: move the messages to the queue's dead-letter queue (dropped
+    /// when it has none) instead of delivering them again.
+    #[arg(long, conflicts_with = "delay")]
+    dead_letter: bool,
+}
+
+pub async fn nack(client: &Client, out: Output, args: NackArgs) -> Result<(), Failure> {
+    let options = NackOptions { delay: args.delay.unwrap_or_default(), dead_letter: args.dead_letter };
+    let results = client.nack_batch_with(&args.queue, args.receipts.clone(), options).await.map_err(fail)?;
     report_receipts(&args.receipts, results, "nack")?;
     if !out.json {
-        println!("nacked {}", args.receipts.len());
+        let what = if args.dead_letter { "rejected" } else { "nacked" };
+        println!("{what} {}", args.receipts.len());
     }
     Ok(())
 }

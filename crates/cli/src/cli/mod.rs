@@ -6,6 +6,7 @@
 
 mod bench;
 mod client_cmds;
+mod consume;
 mod dev;
 mod server;
 
@@ -41,17 +42,21 @@ enum Cmd {
     /// Start a local 3-node cluster, kill its leader while sending, and check
     /// that nothing acknowledged was lost.
     Demo(dev::DemoArgs),
-    /// Create, delete, list, inspect and purge queues.
+    /// Create, change, delete, list, inspect, purge and redrive queues.
     #[command(subcommand)]
     Queue(client_cmds::QueueCmd),
     /// Send messages (exit 0 only when every one was acknowledged).
     Send(client_cmds::SendArgs),
     /// Receive messages.
     Recv(client_cmds::RecvArgs),
+    /// Receive messages as the leader pushes them, until Ctrl-C or --count
+    /// (a push consumer that follows the leader).
+    Consume(consume::ConsumeArgs),
     /// Acknowledge (delete) delivered messages by receipt.
     Ack(client_cmds::ReceiptArgs),
-    /// Make delivered messages visible again now.
-    Nack(client_cmds::ReceiptArgs),
+    /// Give delivered messages back: visible again now (or after --delay),
+    /// or rejected to the dead-letter queue (--dead-letter).
+    Nack(client_cmds::NackArgs),
     /// Change the visibility timeout of delivered messages.
     Visibility(client_cmds::VisibilityArgs),
     /// Cluster status.
@@ -115,6 +120,7 @@ pub fn main() -> ExitCode {
                     Cmd::Queue(cmd) => client_cmds::queue(&client, out, cmd).await,
                     Cmd::Send(args) => client_cmds::send(&client, out, args).await,
                     Cmd::Recv(args) => client_cmds::recv(&client, out, args).await,
+                    Cmd::Consume(args) => consume::consume(&client, out, args).await,
                     Cmd::Ack(args) => client_cmds::ack(&client, out, args).await,
                     Cmd::Nack(args) => client_cmds::nack(&client, out, args).await,
                     Cmd::Visibility(args) => client_cmds::visibility(&client, out, args).await,
