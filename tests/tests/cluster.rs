@@ -301,6 +301,18 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot() {
     eprintln!("sent {} messages in {} batches in {:?}", sent.acked.len(), TASKS * BATCHES_PER_TASK, started.elapsed());
     let committed = cluster.node_status(leader).await.unwrap().committed_index;
     assert!(committed > (TASKS * BATCHES_PER_TASK) as u64);
+    // Snapshots are built in the background: wait until the leader has
+    // purged the entries the stopped follower lacks, so that only a snapshot
+    // can bring it up to date.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cluster.node_status(leader).await.unwrap();
+        if status.purged_index > 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader never purged its log: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     cluster.restart(behind);
     cluster.wait_for_applied(behind, committed, Duration::from_secs(60)).await;
