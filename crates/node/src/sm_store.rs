@@ -170,6 +170,15 @@ struct Shared {
     snapshot_lock: tokio::sync::Mutex<()>,
     notifier: Notifier,
     file_counter: AtomicU64,
+    /// Size of the current snapshot file (last built, installed or loaded),
+    /// 0 when there is none: the `quorumq_snapshot_bytes` metric.
+    snapshot_bytes: AtomicU64,
+    /// 1 + the highest log index whose effects on the `messages` tree are
+    /// all written (0: none known). Stored under [`META_BODIES_APPLIED`]
+    /// after the records it covers, so sled's in-order recovery never lets
+    /// it run ahead of them. Replaying an entry at or below it after a
+    /// restart rebuilds the queue metadata only and skips rewriting bodies.
+    bodies_applied: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -179,6 +188,7 @@ pub struct StateMachineStore {
 
 const META_CURRENT: &str = "current_snapshot";
 const META_INSTALLING: &str = "installing_snapshot";
+const META_BODIES_APPLIED: &str = "bodies_applied";
 
 fn meta_key(group: GroupId, name: &str) -> Vec<u8> {
     let mut key = group.to_be_bytes().to_vec();
@@ -203,6 +213,8 @@ impl StateMachineStore {
             snapshot_lock: tokio::sync::Mutex::new(()),
             notifier: Notifier::default(),
             file_counter: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(0),
+            bodies_applied: AtomicU64::new(0),
         };
         if let Some(file_name) = shared.get_meta::<String>(META_INSTALLING)? {
             tracing::warn!(%file_name, "finishing a snapshot install interrupted by a crash");
@@ -212,6 +224,7 @@ impl StateMachineStore {
         }
         if let Some(current) = shared.get_meta::<CurrentSnapshot>(META_CURRENT)? {
             let file = SnapshotFile::open(&shared.dir.join(&current.file_name))?;
+            shared.snapshot_bytes.store(file.len()?, Ordering::Relaxed);
             let reader = snapshot_file::Reader::open(file.reader())?;
             let state = reader.state()?;
             tracing::info!(
@@ -225,12 +238,26 @@ impl StateMachineStore {
                 state,
             };
         }
+        let bodies_applied = shared.get_meta::<u64>(META_BODIES_APPLIED)?.map_or(0, |index| index + 1);
+        shared.bodies_applied.store(bodies_applied, Ordering::Relaxed);
+        if bodies_applied > 0 {
+            tracing::info!(
+                index = bodies_applied - 1,
+                "message records complete up to this index: replaying it rebuilds metadata only"
+            );
+        }
         shared.remove_stale_files(true)?;
         Ok(StateMachineStore { shared: Arc::new(shared) })
     }
 
     pub fn notifier(&self) -> &Notifier {
         &self.shared.notifier
+    }
+
+    /// Size in bytes of the current snapshot file (the last one built,
+    /// installed or loaded at start), 0 when there is none.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.shared.snapshot_bytes.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the applied state (a read lock; keep `f` short).
@@ -382,8 +409,16 @@ impl Shared {
         self.messages.apply_batch(batch).map_err(io::Error::other)?;
 
         self.put_meta(META_CURRENT, &CurrentSnapshot { file_name, meta: meta.clone() })?;
+        // The records are exactly those of the snapshot now.
+        let index = meta.last_log_id.map(|id| id.index());
+        match index {
+            Some(index) => self.put_meta(META_BODIES_APPLIED, &index)?,
+            None => self.remove_meta(META_BODIES_APPLIED)?,
+        }
+        self.bodies_applied.store(index.map_or(0, |i| i + 1), Ordering::Relaxed);
         self.remove_meta(META_INSTALLING)?;
         self.flush()?;
+        self.snapshot_bytes.store(snapshot.len()?, Ordering::Relaxed);
         Ok((meta, state))
     }
 }
@@ -408,7 +443,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Records written by this batch, for moves that read them back
         // before the batch reaches sled.
         let mut written: HashMap<[u8; 24], MessageRecord> = HashMap::new();
+        let bodies_applied = shared.bodies_applied.load(Ordering::Relaxed);
+        let mut last_index = None;
         while let Some((entry, responder)) = entries.try_next().await? {
+            // Replayed after a restart, and its records are already written:
+            // rebuild the metadata only.
+            let replay = entry.log_id.index() < bodies_applied;
+            last_index = Some(entry.log_id.index());
             let response = {
                 let mut applied = shared.applied.write().expect("applied lock");
                 applied.last_applied = Some(entry.log_id);
@@ -421,6 +462,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             };
+            if replay {
+                effects.retain(|e| matches!(e, Effect::MessagesAvailable { .. }));
+            }
             for effect in effects.drain(..) {
                 match effect {
                     Effect::PutMessage { queue_id, seq, record } => {
@@ -493,6 +537,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         shared.messages.apply_batch(batch).map_err(io::Error::other)?;
+        // Record how far the records are complete, unless deletions wait for
+        // a snapshot copy (then a replay must redo them).
+        if let Some(index) = last_index
+            && index >= bodies_applied
+        {
+            let deferred = shared.deferred.lock().expect("deferred lock");
+            if deferred.building == 0 && deferred.ops.is_empty() {
+                shared.put_meta(META_BODIES_APPLIED, &index)?;
+                shared.bodies_applied.store(index + 1, Ordering::Relaxed);
+            }
+        }
         // Answer only once the records are written, so that a Receive's
         // caller can read the bodies it was given.
         for (responder, response) in replies {
@@ -637,6 +692,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             sync_dir(&shared.dir)?;
             shared.put_meta(META_CURRENT, &CurrentSnapshot { file_name, meta: meta.clone() })?;
             shared.flush()?;
+            shared.snapshot_bytes.store(std::fs::metadata(&path)?.len(), Ordering::Relaxed);
             shared.remove_stale_files(false)?;
             Ok(path)
         })
