@@ -28,6 +28,16 @@ pub struct Config {
     /// If the lowest-id peer cannot be reached for this long while nobody
     /// has initialised the cluster, the lowest reachable node does it.
     pub bootstrap_fallback: Duration,
+    /// A node that joins an existing cluster (`quorumq cluster add`): it
+    /// never initialises a cluster itself and waits to be added.
+    pub join: bool,
+    /// Where to serve `/metrics`, `/health` and `/ready` over plain HTTP
+    /// (`http.rs`); not served when `None`.
+    pub http_listen: Option<SocketAddr>,
+    /// Resource alarms (`alarms.rs`): sends are refused while the data
+    /// directory's filesystem has less free space than the minimum, or the
+    /// process's resident memory is above the maximum, on any voter.
+    pub alarm_limits: crate::alarms::AlarmLimits,
     /// Deliberately broken durability for the fault-injection harness: the
     /// log reports appends persisted without flushing them. Never for real
     /// use; the server refuses it unless built with the `fault-injection`
@@ -51,6 +61,10 @@ pub enum ConfigError {
     MessageLimit { got: usize, max: usize },
     #[error("timing: {0}")]
     Timing(String),
+    #[error("--http {0} is the gRPC address too; give the HTTP endpoint its own port")]
+    HttpSameAsListen(SocketAddr),
+    #[error("--memory-max must be more than 0 bytes")]
+    MemoryMaxZero,
 }
 
 impl Config {
@@ -67,6 +81,9 @@ impl Config {
             election_timeout_max_ms: 600,
             snapshot_every_entries: 20_000,
             bootstrap_fallback: Duration::from_secs(10),
+            join: false,
+            http_listen: None,
+            alarm_limits: crate::alarms::AlarmLimits::default(),
             unsafe_ack_before_fsync: false,
         }
     }
@@ -102,6 +119,15 @@ impl Config {
         }
         if self.snapshot_every_entries < 100 {
             return Err(ConfigError::Timing("snapshots must be at least 100 entries apart".into()));
+        }
+        if let Some(http) = self.http_listen
+            && http.port() != 0
+            && http == self.listen
+        {
+            return Err(ConfigError::HttpSameAsListen(http));
+        }
+        if self.alarm_limits.memory_max_bytes == Some(0) {
+            return Err(ConfigError::MemoryMaxZero);
         }
         Ok(())
     }
@@ -166,5 +192,10 @@ mod tests {
         assert!(Config { message_bytes_max: sm::MESSAGE_BYTES_HARD_MAX + 1, ..ok.clone() }.validate().is_err());
         assert!(Config { election_timeout_min_ms: 100, ..ok.clone() }.validate().is_err());
         assert!(Config { election_timeout_max_ms: 300, ..ok.clone() }.validate().is_err());
+        let same = Config { http_listen: Some(ok.listen), ..ok.clone() };
+        assert_eq!(same.validate(), Err(ConfigError::HttpSameAsListen(ok.listen)));
+        assert_eq!(Config { http_listen: Some("127.0.0.1:2".parse().unwrap()), ..ok.clone() }.validate(), Ok(()));
+        let no_memory = crate::alarms::AlarmLimits { memory_max_bytes: Some(0), ..Default::default() };
+        assert_eq!(Config { alarm_limits: no_memory, ..ok.clone() }.validate(), Err(ConfigError::MemoryMaxZero));
     }
 }

@@ -42,6 +42,15 @@ pub fn entry_status(e: &pb::EntryError) -> Status {
     Status::new(Code::from_i32(e.code), e.message.clone())
 }
 
+/// RESOURCE_EXHAUSTED for a send refused because a resource alarm is on
+/// (`alarms.rs`), with metadata `quorumq-error: resource-alarm`; `message`
+/// names the alarms.
+pub fn resource_alarm(message: String) -> Status {
+    let mut status = Status::resource_exhausted(message);
+    status.metadata_mut().insert(META_ERROR, MetadataValue::from_static("resource-alarm"));
+    status
+}
+
 /// UNAVAILABLE with the leader's id and address when known, so the client
 /// can go straight there.
 pub fn not_leader(leader: Option<(NodeId, String)>) -> Status {

@@ -1,13 +1,18 @@
 //! A quorumq node.
 
+pub mod alarms;
 pub mod codec;
 pub mod config;
 pub mod consume;
 pub mod convert;
 pub mod errors;
+pub mod http;
 pub mod limits;
 pub mod log_store;
+pub mod membership;
+pub mod metrics;
 pub mod network;
+pub mod peer_status;
 pub mod raft_service;
 pub mod receipt;
 pub mod server;

@@ -71,3 +71,49 @@ pub const CONSUME_FULL_RECHECK: Duration = Duration::from_millis(100);
 /// How often the leader checks whether expiries are due (and proposes a
 /// Tick).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Longest a membership change may run (adding a node waits for it to copy
+/// the log, which for a large backlog takes a while).
+pub const MEMBERSHIP_TIMEOUT_MAX: Duration = Duration::from_secs(30 * 60);
+
+/// A membership change's time when the caller sets no deadline.
+pub const MEMBERSHIP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+
+/// Longest a leadership transfer is waited for.
+pub const TRANSFER_LEADER_TIMEOUT_MAX: Duration = Duration::from_secs(10);
+
+/// How long a leader stopping gracefully (SIGTERM) waits for another voter
+/// to take over before it stops anyway.
+pub const SHUTDOWN_HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a node samples its resident memory and free disk space for the
+/// resource alarms (a few system calls).
+pub const ALARM_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Default of `--disk-free-min`: RabbitMQ's default disk free limit (50 MB).
+pub const DISK_FREE_MIN_DEFAULT_BYTES: u64 = 50_000_000;
+
+/// How often a node asks every other member for its status (alarms,
+/// leadership), and how long it waits for each answer.
+pub const PEER_STATUS_INTERVAL: Duration = Duration::from_secs(1);
+pub const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A member's status answer counts (its alarms block sends) for this long;
+/// an alarmed node that stops answering stops blocking sends after it.
+pub const PEER_STATUS_STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// Readiness: the leader must have heard from a quorum, and a follower from
+/// its leader, within this long.
+pub const READY_LEADER_CONTACT_MAX: Duration = Duration::from_secs(3);
+
+/// Readiness: a node whose applied index is more than this many entries
+/// behind the commit index it knows (its own, or the one its leader last
+/// reported) is not ready. Generous, so that a follower does not flap under
+/// a burst of writes; small next to a snapshot interval (20,000 by default).
+pub const READY_LAG_ENTRIES_MAX: u64 = 1000;
+
+/// Entries (files and directories) the data directory walk of the
+/// disk-use metric looks at, at most: sled keeps a handful of files and the
+/// snapshot directory one or two, so this bound is only a guard against a
+/// data directory someone filled with other things.
+pub const DATA_DIR_WALK_ENTRIES_MAX: usize = 100_000;

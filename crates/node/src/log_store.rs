@@ -27,6 +27,8 @@ use openraft::RaftLogReader;
 use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::exponential_buckets;
 use tokio::sync::mpsc;
 
 use crate::codec::decode;
@@ -39,13 +41,52 @@ const META_COMMITTED: &str = "committed";
 const META_LAST_PURGED: &str = "last_purged";
 
 /// Counters that show group commit at work: `entries_appended /
-/// flushes` is the mean number of entries per fsync.
-#[derive(Debug, Default)]
+/// flushes` is the mean number of entries per fsync. The histograms are
+/// exported as Prometheus metrics (`metrics.rs`).
+#[derive(Debug)]
 pub struct LogStats {
     pub appends: AtomicU64,
     pub entries_appended: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_micros_total: AtomicU64,
+    /// Duration of each flush of the flusher (`Db::flush`, an fsync), in
+    /// seconds.
+    pub flush_seconds: Histogram,
+    /// Time from `append` being called to the flush that made its entries
+    /// durable returning, in seconds: what an append costs openraft (the
+    /// write, the wait for the flusher, the fsync).
+    pub append_seconds: Histogram,
+    /// Log entries made durable by each flush of the flusher.
+    pub flush_entries: Histogram,
+}
+
+impl Default for LogStats {
+    fn default() -> LogStats {
+        // 100 µs to 10 s: an fsync on NVMe takes tens of microseconds, on a
+        // busy disk or a network volume hundreds of milliseconds.
+        let seconds = || Histogram::new(FLUSH_SECONDS_BUCKETS);
+        LogStats {
+            appends: AtomicU64::new(0),
+            entries_appended: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            flush_micros_total: AtomicU64::new(0),
+            flush_seconds: seconds(),
+            append_seconds: seconds(),
+            // 1 to 4096 entries.
+            flush_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+        }
+    }
+}
+
+/// Bucket bounds of the flush and append latency histograms, in seconds.
+const FLUSH_SECONDS_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// An append waiting for the flusher.
+struct PendingFlush {
+    callback: IOFlushed<TypeConfig>,
+    entries: u64,
+    written_at: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -53,7 +94,7 @@ pub struct LogStore {
     group: GroupId,
     db: sled::Db,
     tree: sled::Tree,
-    flusher: mpsc::UnboundedSender<IOFlushed<TypeConfig>>,
+    flusher: mpsc::UnboundedSender<PendingFlush>,
     stats: Arc<LogStats>,
     /// Test-only fault (`Config::unsafe_ack_before_fsync`): appends are
     /// reported persisted at once, but kept in memory and written to sled only
@@ -184,8 +225,8 @@ async fn write_unsynced_later(tree: sled::Tree, group: GroupId, unsynced: Arc<Mu
     }
 }
 
-async fn run_flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<IOFlushed<TypeConfig>>, stats: Arc<LogStats>) {
-    let mut waiting = Vec::new();
+async fn run_flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<PendingFlush>, stats: Arc<LogStats>) {
+    let mut waiting: Vec<PendingFlush> = Vec::new();
     while let Some(first) = rx.recv().await {
         waiting.push(first);
         while let Ok(more) = rx.try_recv() {
@@ -194,8 +235,11 @@ async fn run_flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<IOFlushed<Typ
         let db = db.clone();
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || db.flush()).await;
+        let took = started.elapsed();
         stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats.flush_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.flush_micros_total.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        stats.flush_seconds.observe(took.as_secs_f64());
+        stats.flush_entries.observe(waiting.iter().map(|p| p.entries).sum::<u64>() as f64);
         let error = match result {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -215,7 +259,8 @@ async fn run_flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<IOFlushed<Typ
                 "log flush stats"
             );
         }
-        for callback in waiting.drain(..) {
+        for PendingFlush { callback, written_at, .. } in waiting.drain(..) {
+            stats.append_seconds.observe(written_at.elapsed().as_secs_f64());
             callback.io_completed(match &error {
                 None => Ok(()),
                 Some(e) => Err(io::Error::other(e.clone())),
@@ -326,6 +371,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let mut batch = sled::Batch::default();
         let mut count = 0u64;
+        let started = std::time::Instant::now();
         for entry in entries {
             batch.insert(&raft_keys::log(self.group, entry.index()), encode(&entry)?);
             count += 1;
@@ -333,8 +379,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.tree.apply_batch(batch).map_err(io::Error::other)?;
         self.stats.appends.fetch_add(1, Ordering::Relaxed);
         self.stats.entries_appended.fetch_add(count, Ordering::Relaxed);
-        if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
-            callback.io_completed(Err(io::Error::other("log flusher stopped")));
+        let pending = PendingFlush { callback, entries: count, written_at: started };
+        if let Err(mpsc::error::SendError(pending)) = self.flusher.send(pending) {
+            pending.callback.io_completed(Err(io::Error::other("log flusher stopped")));
         }
         Ok(())
     }

@@ -38,6 +38,8 @@ pub enum StartError {
     DataDir { dir: String, reason: String },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
+    #[error("cannot serve HTTP (--http) on {addr}: {reason}")]
+    HttpListen { addr: SocketAddr, reason: String },
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -49,11 +51,18 @@ pub struct RunningNode {
     pub raft: Raft,
     pub sm: StateMachineStore,
     pub log_stats: Arc<LogStats>,
+    /// Where `/metrics`, `/health` and `/ready` are served, with `--http`.
+    pub http_addr: Option<SocketAddr>,
+    pub alarms: Arc<crate::alarms::Alarms>,
     db: sled::Db,
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     bootstrap: JoinHandle<()>,
     ticker: JoinHandle<()>,
+    /// Resource checks, peer status polls, the Raft event counter.
+    observers: Vec<JoinHandle<()>>,
+    stop_http: Option<oneshot::Sender<()>>,
+    http: Option<JoinHandle<()>>,
 }
 
 fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
@@ -85,6 +94,17 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             "unsafe_ack_before_fsync needs a build with the fault-injection feature".to_string(),
         ));
     }
+    // Bound before anything starts, so that a taken port fails the start
+    // cleanly.
+    let http_listener = match config.http_listen {
+        None => None,
+        Some(addr) => {
+            let error = |e: std::io::Error| StartError::HttpListen { addr, reason: e.to_string() };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(error)?;
+            let local = listener.local_addr().map_err(error)?;
+            Some((listener, local))
+        }
+    };
     let dir_error = |reason: String| StartError::DataDir { dir: config.data_dir.display().to_string(), reason };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| dir_error(e.to_string()))?;
     let db_path = config.data_dir.join("db");
@@ -115,6 +135,18 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let local_addr =
         listener.local_addr().map_err(|e| StartError::Listen { addr: config.listen, reason: e.to_string() })?;
 
+    let peer_statuses = Arc::new(crate::peer_status::PeerStatuses::default());
+    let alarms = Arc::new(crate::alarms::Alarms::new(
+        config.id,
+        config.data_dir.clone(),
+        config.alarm_limits.clone(),
+        peer_statuses.clone(),
+    ));
+    // Check once before serving: a node that starts short of disk or memory
+    // refuses sends from its first request.
+    let first_check = alarms.clone();
+    tokio::task::spawn_blocking(move || first_check.check()).await.map_err(|e| StartError::Raft(e.to_string()))?;
+
     let ctx = Arc::new(NodeCtx {
         id: config.id,
         addr: config.advertised_addr().to_string(),
@@ -122,6 +154,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         sm: sm.clone(),
         message_bytes_max: config.message_bytes_max,
         push_consumers: Arc::default(),
+        alarms: alarms.clone(),
     });
     let router = Router::new(config.id, HashMap::from([(QUEUES_GROUP, Group { raft: raft.clone(), sm: sm.clone() })]));
     let queues = client_pb::queues_server::QueuesServer::new(QueueService::new(ctx.clone()))
@@ -133,8 +166,10 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         .max_encoding_message_size(limits::RAFT_FRAME_BYTES_MAX);
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
+    let grpc_serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let serving = grpc_serving.clone();
+    let server = tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(limits::PEER_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(limits::PEER_KEEPALIVE_TIMEOUT))
@@ -149,8 +184,40 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
                 async {
                     let _ = stop_rx.await;
                 },
-            ),
-    );
+            )
+            .await;
+        // `/health` answers 503 from now on.
+        serving.store(false, std::sync::atomic::Ordering::Relaxed);
+        result
+    });
+
+    let events = Arc::new(crate::metrics::RaftEvents::default());
+    let observers = vec![
+        tokio::spawn(crate::alarms::run_checks(alarms.clone())),
+        tokio::spawn(crate::peer_status::poll(config.id, raft.clone(), channels.clone(), peer_statuses.clone())),
+        tokio::spawn(crate::metrics::watch_raft(raft.clone(), events.clone())),
+    ];
+    let (stop_http, http, http_addr) = match http_listener {
+        None => (None, None, None),
+        Some((listener, http_addr)) => {
+            let state = Arc::new(crate::http::HttpState {
+                metrics: Arc::new(crate::metrics::MetricsSource {
+                    id: config.id,
+                    raft: raft.clone(),
+                    sm: sm.clone(),
+                    log_stats: log_stats.clone(),
+                    alarms: alarms.clone(),
+                    events,
+                    data_dir: config.data_dir.clone(),
+                }),
+                peers: peer_statuses,
+                grpc_serving,
+            });
+            let (stop, stopped) = oneshot::channel();
+            tracing::info!(%http_addr, "serving /metrics, /health and /ready over HTTP");
+            (Some(stop), Some(crate::http::serve(listener, state, stopped)), Some(http_addr))
+        }
+    };
 
     let bootstrap = tokio::spawn(form_cluster(raft.clone(), config.clone(), channels));
     let ticker = tokio::spawn(tick(raft.clone(), sm.clone()));
@@ -161,11 +228,16 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         raft,
         sm,
         log_stats,
+        http_addr,
+        alarms,
         db,
         stop_server: Some(stop_tx),
         server,
         bootstrap,
         ticker,
+        observers,
+        stop_http,
+        http,
     })
 }
 
@@ -174,8 +246,20 @@ impl RunningNode {
     pub async fn shutdown(mut self) {
         self.bootstrap.abort();
         self.ticker.abort();
+        // A leader hands over first: clients then see a leader change, not
+        // an election timeout.
+        crate::membership::step_down_before_shutdown(&self.raft, limits::SHUTDOWN_HANDOVER_TIMEOUT).await;
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
+        }
+        for task in self.observers.drain(..) {
+            task.abort();
+        }
+        if let Some(stop) = self.stop_http.take() {
+            let _ = stop.send(());
+        }
+        if let Some(http) = self.http.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
         }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
@@ -188,7 +272,8 @@ impl RunningNode {
 }
 
 /// Forms the cluster the first time its nodes start: exactly one node calls
-/// openraft's `initialize` with the full `--peers` membership.
+/// openraft's `initialize` with the full `--peers` membership. A `--join`
+/// node forms nothing: it waits for the leader to add it.
 ///
 /// The rule: a node whose log is empty initialises the cluster if no peer it
 /// can reach already belongs to one, and it is the lowest id among the nodes
@@ -199,6 +284,18 @@ impl RunningNode {
 async fn form_cluster(raft: Raft, config: Config, channels: Channels) {
     let started = Instant::now();
     let lowest = *config.peers.keys().next().expect("peers is not empty");
+    if config.join {
+        if !matches!(raft.is_initialized().await, Ok(true)) {
+            tracing::info!(
+                id = config.id,
+                addr = config.advertised_addr(),
+                "joining: waiting to be added (quorumq cluster add {} {})",
+                config.id,
+                config.advertised_addr()
+            );
+        }
+        return;
+    }
     loop {
         match raft.is_initialized().await {
             Ok(true) => return,

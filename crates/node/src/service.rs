@@ -38,6 +38,9 @@ pub struct NodeCtx {
     pub sm: StateMachineStore,
     pub message_bytes_max: usize,
     pub push_consumers: Arc<crate::consume::ConsumerCounts>,
+    /// Resource alarms of this node and its voters: sends are refused while
+    /// any is on.
+    pub alarms: Arc<crate::alarms::Alarms>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the leader's timestamp for
@@ -51,6 +54,18 @@ pub(crate) fn now_ms() -> u64 {
 /// clock runs out), capped; a default when the caller set none.
 fn write_timeout<T>(request: &Request<T>) -> Duration {
     caller_budget(request).unwrap_or(limits::WRITE_TIMEOUT_DEFAULT)
+}
+
+/// How long a membership change may take: the caller's budget (adding a
+/// node waits for it to copy the log), or a default.
+fn membership_timeout<T>(request: &Request<T>) -> Duration {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map(|d| (d * 9 / 10).min(limits::MEMBERSHIP_TIMEOUT_MAX))
+        .unwrap_or(limits::MEMBERSHIP_TIMEOUT_DEFAULT)
 }
 
 fn caller_budget<T>(request: &Request<T>) -> Option<Duration> {
@@ -308,6 +323,11 @@ impl pb::queues_server::Queues for QueueService {
         let timeout = write_timeout(&request);
         let request = request.into_inner();
         check_queue_name(&request.queue)?;
+        // A resource alarm on any voter blocks producers, every entry of
+        // every send; consumers keep draining (alarms.rs).
+        if let Some(refusal) = self.ctx.alarms.send_refusal() {
+            return Err(errors::resource_alarm(refusal));
+        }
         let count = request.messages.len();
         if count == 0 {
             return Err(Status::invalid_argument("no messages given"));
@@ -586,7 +606,37 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
                 .map(|t| openraft::Instant::elapsed(&**t).as_millis() as u64),
             snapshot_index: m.snapshot.as_ref().map_or(0, |id| id.index()),
             purged_index: m.purged.as_ref().map_or(0, |id| id.index()),
+            alarms: self.ctx.alarms.local_wire(),
         }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<admin_pb::AddNodeRequest>,
+    ) -> Result<Response<admin_pb::MembershipResponse>, Status> {
+        let timeout = membership_timeout(&request);
+        let r = request.into_inner();
+        let members = crate::membership::add_node(&self.ctx.raft, r.id, &r.address, r.learner_only, timeout).await?;
+        Ok(Response::new(admin_pb::MembershipResponse { members }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<admin_pb::RemoveNodeRequest>,
+    ) -> Result<Response<admin_pb::MembershipResponse>, Status> {
+        let timeout = membership_timeout(&request);
+        let members = crate::membership::remove_node(&self.ctx.raft, request.into_inner().id, timeout).await?;
+        Ok(Response::new(admin_pb::MembershipResponse { members }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<admin_pb::TransferLeaderRequest>,
+    ) -> Result<Response<admin_pb::TransferLeaderResponse>, Status> {
+        let timeout = membership_timeout(&request).min(limits::TRANSFER_LEADER_TIMEOUT_MAX);
+        let (leader_id, leader_address, term) =
+            crate::membership::transfer_leader(&self.ctx.raft, request.into_inner().id, timeout).await?;
+        Ok(Response::new(admin_pb::TransferLeaderResponse { leader_id, leader_address, term }))
     }
 }
 
