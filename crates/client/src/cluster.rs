@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::time::Duration;
 
 use quorumq_proto::admin as pa;
 use quorumq_proto::admin::cluster_client::ClusterClient;
@@ -129,6 +130,10 @@ pub struct NodeStatus {
     pub snapshot_index: u64,
     /// Highest index purged from its log (0: none).
     pub purged_index: u64,
+    /// Resource alarms on this node, each `KIND: DETAIL` with KIND `disk`
+    /// or `memory`. While any voter has one, sends fail with
+    /// [`Error::ResourceExhausted`].
+    pub alarms: Vec<String>,
 }
 
 /// One node in a [`ClusterStatus`].
@@ -158,6 +163,8 @@ pub struct ClusterNode {
     pub applied_index: u64,
     /// The leader it follows.
     pub leader_id: Option<u64>,
+    /// Its resource alarms (see [`NodeStatus::alarms`]).
+    pub alarms: Vec<String>,
     /// Why it did not answer, when unreachable.
     pub error: Option<Error>,
 }
@@ -220,6 +227,7 @@ impl ClusterNode {
             committed_index: status.committed_index,
             applied_index: status.applied_index,
             leader_id: status.leader_id,
+            alarms: status.alarms.clone(),
             error: None,
         }
     }
@@ -409,5 +417,131 @@ mod tests {
         let status = merge(nodes, &ids);
         assert_eq!(status.nodes.len(), 1);
         assert_eq!(status.nodes[0].address, "localhost:1");
+    }
+}
+
+/// Who leads after [`Client::transfer_leader`].
+///
+/// ```
+/// let t = quorumq_client::LeaderTransfer { leader_id: 2, leader_address: "10.0.0.2:7001".into(), term: 5 };
+/// assert_eq!(t.leader_id, 2);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LeaderTransfer {
+    /// The node that leads now.
+    pub leader_id: u64,
+    /// Its address.
+    pub leader_address: String,
+    /// The term it leads in.
+    pub term: u64,
+}
+
+fn members(response: pa::MembershipResponse) -> Vec<Member> {
+    response.members.into_iter().map(|m| Member { id: m.id, address: m.address, voter: m.voter }).collect()
+}
+
+impl Client {
+    /// Adds node `id`, reachable at `address`, to the cluster: as a
+    /// learner first, then, once it has caught up with the leader's log, as
+    /// a voter. The node must be running (started with `quorumq server
+    /// --join`). Waits up to `timeout` for the catch-up (plus the client's
+    /// deadline to reach the leader); returns the membership after the
+    /// change. Adding a member again at the same address changes nothing,
+    /// so a call that failed can simply be repeated.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quorumq_client::Client) -> Result<(), quorumq_client::Error> {
+    /// use std::time::Duration;
+    /// let members = client.add_node(4, "10.0.0.4:7001", Duration::from_secs(300)).await?;
+    /// assert!(members.iter().any(|m| m.id == 4 && m.voter));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn add_node(&self, id: u64, address: &str, timeout: Duration) -> Result<Vec<Member>, Error> {
+        self.add(id, address, false, timeout).await
+    }
+
+    /// Like [`Client::add_node`], but the node stays a learner: it receives
+    /// the log and does not vote.
+    pub async fn add_learner(&self, id: u64, address: &str, timeout: Duration) -> Result<Vec<Member>, Error> {
+        self.add(id, address, true, timeout).await
+    }
+
+    async fn add(&self, id: u64, address: &str, learner_only: bool, timeout: Duration) -> Result<Vec<Member>, Error> {
+        let address = normalize_address(address)?;
+        let request = pa::AddNodeRequest { id, address, learner_only };
+        let response = self
+            .call("add_node", timeout, |attempt| {
+                let request = attempt.request(request.clone());
+                async move { ClusterClient::new(attempt.channel).add_node(request).await }
+            })
+            .await?;
+        Ok(members(response))
+    }
+
+    /// Removes node `id` (a voter or a learner) from the cluster. Removing
+    /// the leader is allowed: it hands leadership to another voter once the
+    /// change has committed. Stop the removed node's process afterwards.
+    /// A retry after a failure of unknown outcome that finds the node
+    /// already gone succeeds.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quorumq_client::Client) -> Result<(), quorumq_client::Error> {
+    /// let members = client.remove_node(3, std::time::Duration::from_secs(30)).await?;
+    /// assert!(members.iter().all(|m| m.id != 3));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn remove_node(&self, id: u64, timeout: Duration) -> Result<Vec<Member>, Error> {
+        let request = pa::RemoveNodeRequest { id };
+        let result = self
+            .call("remove_node", timeout, |attempt| {
+                let request = attempt.request(request);
+                async move { ClusterClient::new(attempt.channel).remove_node(request).await }
+            })
+            .await;
+        match result {
+            Ok(response) => Ok(members(response)),
+            // An earlier attempt removed it.
+            Err(failure) if failure.ambiguous && matches!(failure.error, Error::NotFound(_)) => {
+                let status = self.cluster_status().await?;
+                Ok(status
+                    .nodes
+                    .iter()
+                    .filter_map(|n| {
+                        Some(Member { id: n.id?, address: n.address.clone(), voter: n.role != Role::Learner })
+                    })
+                    .filter(|m| m.id != id)
+                    .collect())
+            }
+            Err(failure) => Err(failure.error),
+        }
+    }
+
+    /// Hands leadership to voter `id` and waits (up to `timeout`, at most
+    /// 10 s on the server) until it has taken over.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quorumq_client::Client) -> Result<(), quorumq_client::Error> {
+    /// let now = client.transfer_leader(2, std::time::Duration::from_secs(10)).await?;
+    /// assert_eq!(now.leader_id, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn transfer_leader(&self, id: u64, timeout: Duration) -> Result<LeaderTransfer, Error> {
+        let request = pa::TransferLeaderRequest { id };
+        let response = self
+            .call("transfer_leader", timeout, |attempt| {
+                let request = attempt.request(request);
+                async move { ClusterClient::new(attempt.channel).transfer_leader(request).await }
+            })
+            .await?;
+        // The leader changed: the next call finds it by the usual redirect.
+        self.inner.router.set_leader(&normalize_address(&response.leader_address)?);
+        Ok(LeaderTransfer {
+            leader_id: response.leader_id,
+            leader_address: response.leader_address,
+            term: response.term,
+        })
     }
 }

@@ -214,6 +214,7 @@ pub(crate) fn node_status(s: pa::NodeStatusResponse) -> NodeStatus {
         millis_since_quorum_ack: s.millis_since_quorum_ack,
         snapshot_index: s.snapshot_index,
         purged_index: s.purged_index,
+        alarms: s.alarms,
     }
 }
 

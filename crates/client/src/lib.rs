@@ -70,7 +70,7 @@ mod subscription;
 mod types;
 
 pub use client::{Client, generate_message_id};
-pub use cluster::{ClusterNode, ClusterStatus, Member, NodeStatus, Role};
+pub use cluster::{ClusterNode, ClusterStatus, LeaderTransfer, Member, NodeStatus, Role};
 pub use config::{
     ATTEMPT_TIMEOUT_DEFAULT, BACKOFF_INITIAL_DEFAULT, BACKOFF_MAX_DEFAULT, CONNECT_TIMEOUT_DEFAULT, ClientConfig,
     DEADLINE_DEFAULT,

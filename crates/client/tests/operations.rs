@@ -401,3 +401,28 @@ async fn cluster_status_asks_every_node_and_learns_members() {
     assert_eq!(node.leader_address, Some(leader.address.clone()));
     assert!(client.node_status(&down).await.is_err());
 }
+
+#[tokio::test]
+async fn membership_calls_follow_the_leader_and_a_retried_remove_succeeds() {
+    // Proves: add_node and transfer_leader sent to a follower reach the leader; a remove whose first attempt was
+    // applied but answered DEADLINE_EXCEEDED succeeds on the retry that finds the node gone; removing a node that
+    // was never a member is NotFound.
+    let leader = FakeNode::start(1, Mode::Leader).await;
+    let follower = FakeNode::start(2, Mode::NotLeader(Some((1, leader.address.clone())))).await;
+    leader.state.set_members(vec![(1, leader.address.clone()), (2, follower.address.clone())]);
+    let client = Client::new(config(&[&follower.address])).unwrap();
+
+    let members = client.add_node(3, "127.0.0.1:7003", Duration::from_secs(1)).await.unwrap();
+    assert_eq!(members.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2, 3]);
+    let moved = client.transfer_leader(2, Duration::from_secs(1)).await.unwrap();
+    assert_eq!((moved.leader_id, moved.leader_address.as_str()), (2, follower.address.as_str()));
+
+    leader.state.script([Reply::ApplyThenDeadlineExceeded]);
+    let client = Client::new(config(&[&leader.address])).unwrap();
+    let members = client.remove_node(3, Duration::from_secs(1)).await.expect("the retried remove succeeds");
+    assert!(members.iter().all(|m| m.id != 3), "{members:?}");
+    match client.remove_node(9, Duration::from_secs(1)).await {
+        Err(Error::NotFound(_)) => {}
+        other => panic!("removing a non-member gave {other:?}"),
+    }
+}

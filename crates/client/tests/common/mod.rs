@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quorumq_proto::admin::cluster_server::{Cluster, ClusterServer};
-use quorumq_proto::admin::{Member, NodeStatusRequest, NodeStatusResponse};
+use quorumq_proto::admin::{
+    AddNodeRequest, Member, MembershipResponse, NodeStatusRequest, NodeStatusResponse, RemoveNodeRequest,
+    TransferLeaderRequest, TransferLeaderResponse,
+};
 use quorumq_proto::client::queues_server::{Queues, QueuesServer};
 use quorumq_proto::client::*;
 use tokio::net::TcpListener;
@@ -667,7 +670,52 @@ impl Cluster for Service {
             millis_since_quorum_ack: None,
             snapshot_index: 0,
             purged_index: 0,
+            alarms: Vec::new(),
         }))
+    }
+
+    async fn add_node(&self, request: Request<AddNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let ambiguous = self.0.gate().await?;
+        let r = request.into_inner();
+        let mut members = self.0.members.lock().unwrap();
+        if !members.iter().any(|(id, _)| *id == r.id) {
+            members.push((r.id, r.address));
+        }
+        answer(ambiguous, membership(&members))
+    }
+
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let ambiguous = self.0.gate().await?;
+        let id = request.into_inner().id;
+        let mut members = self.0.members.lock().unwrap();
+        let before = members.len();
+        members.retain(|(m, _)| *m != id);
+        if members.len() == before {
+            return Err(Status::not_found(format!("node {id} is not a member of the cluster")));
+        }
+        answer(ambiguous, membership(&members))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let ambiguous = self.0.gate().await?;
+        let id = request.into_inner().id;
+        let members = self.0.members.lock().unwrap();
+        let Some((_, address)) = members.iter().find(|(m, _)| *m == id) else {
+            return Err(Status::not_found(format!("node {id} is not a member of the cluster")));
+        };
+        answer(ambiguous, TransferLeaderResponse { leader_id: id, leader_address: address.clone(), term: 8 })
+    }
+}
+
+fn membership(members: &[(u64, String)]) -> MembershipResponse {
+    MembershipResponse {
+        members: members
+            .iter()
+            .map(|(id, address)| Member { id: *id, address: address.clone(), voter: true })
+            .collect(),
     }
 }
 
