@@ -30,6 +30,9 @@ pub struct ClusterOptions {
     pub server_args: Vec<String>,
     /// `RUST_LOG` for the nodes, when the environment sets none.
     pub default_log: String,
+    /// Give every node an HTTP endpoint (`--http`, for /metrics, /health
+    /// and /ready) on a free loopback port.
+    pub http: bool,
 }
 
 impl ClusterOptions {
@@ -41,6 +44,7 @@ impl ClusterOptions {
             base_port: None,
             server_args: Vec::new(),
             default_log: "info".to_string(),
+            http: false,
         }
     }
 }
@@ -52,6 +56,13 @@ pub struct LocalNode {
     pub addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// Started with `--join`: it waits to be added to the running cluster.
+    pub join: bool,
+    /// Its `--http` address, with [`ClusterOptions::http`].
+    pub http_addr: Option<String>,
+    /// Arguments for this node only, after the cluster's `server_args`
+    /// ([`LocalCluster::set_node_args`]).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     paused: bool,
 }
@@ -107,6 +118,17 @@ impl LocalCluster {
                 .collect::<io::Result<Vec<_>>>()?,
             None => free_ports(options.nodes)?,
         };
+        // Picked apart from the gRPC ports above: those were free again once
+        // `free_ports` returned, so ask for all HTTP ports at once, while
+        // holding none, and skip any that collide.
+        let mut http_ports = Vec::new();
+        if options.http {
+            http_ports = free_ports(options.nodes * 2)?;
+            http_ports.retain(|p| !ports.contains(p));
+            if http_ports.len() < options.nodes {
+                return Err(io::Error::other("not enough free ports for the HTTP endpoints"));
+            }
+        }
         let nodes = ports
             .into_iter()
             .enumerate()
@@ -117,6 +139,9 @@ impl LocalCluster {
                     addr: format!("127.0.0.1:{port}"),
                     data_dir: dir.join(format!("node{id}")),
                     log_path: dir.join(format!("node{id}.log")),
+                    join: false,
+                    http_addr: http_ports.get(i).map(|p| format!("127.0.0.1:{p}")),
+                    extra_args: Vec::new(),
                     child: None,
                     paused: false,
                 };
@@ -181,15 +206,67 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--peers", &peers])
+            .args(node.join.then_some("--join"))
             .args(&options.server_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if let Some(http) = &node.http_addr {
+            command.args(["--http", http]);
+        }
+        command.args(&node.extra_args);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", &options.default_log);
         }
         node.child = Some(command.spawn()?);
         node.paused = false;
+        Ok(())
+    }
+
+    /// Lays out one more node (the next id, a free port) that joins the
+    /// running cluster with `--join`; start it with [`LocalCluster::start`],
+    /// then add it with `quorumq cluster add`. Returns its id.
+    pub fn add_node(&mut self) -> io::Result<u64> {
+        let id = self.nodes.keys().next_back().map_or(1, |last| last + 1);
+        let ports = free_ports(2)?;
+        let port = ports[0];
+        let node = LocalNode {
+            id,
+            addr: format!("127.0.0.1:{port}"),
+            data_dir: self.dir.join(format!("node{id}")),
+            log_path: self.dir.join(format!("node{id}.log")),
+            join: true,
+            http_addr: self.options.http.then(|| format!("127.0.0.1:{}", ports[1])),
+            extra_args: Vec::new(),
+            child: None,
+            paused: false,
+        };
+        self.nodes.insert(id, node);
+        Ok(id)
+    }
+
+    /// Deletes the data directory of node `id` (which must be stopped), and
+    /// marks it to start with `--join`: a replacement with the same id and
+    /// address and no state.
+    pub fn wipe(&mut self, id: u64) -> io::Result<()> {
+        let node = self.nodes.get_mut(&id).ok_or_else(|| io::Error::other(format!("no node {id}")))?;
+        if node.child.is_some() {
+            return Err(io::Error::other(format!("node {id} is running")));
+        }
+        match std::fs::remove_dir_all(&node.data_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        node.join = true;
+        Ok(())
+    }
+
+    /// Sets the arguments node `id` gets, after the cluster's, from its next
+    /// start on (for example to restart one node with `--memory-max`).
+    pub fn set_node_args(&mut self, id: u64, args: Vec<String>) -> io::Result<()> {
+        let node = self.nodes.get_mut(&id).ok_or_else(|| io::Error::other(format!("no node {id}")))?;
+        node.extra_args = args;
         Ok(())
     }
 

@@ -832,10 +832,73 @@ pub enum ClusterCmd {
         #[arg(long)]
         require_leader: bool,
     },
+    /// Add a node: it joins as a learner, copies the log, then becomes a
+    /// voter. Start it first with `quorumq server --join`.
+    Add {
+        /// The new node's id (not used by any member).
+        id: u64,
+        /// HOST:PORT where the other nodes and clients reach it.
+        addr: String,
+        /// Leave it a learner (it receives the log but does not vote).
+        #[arg(long)]
+        learner: bool,
+        /// How long to wait for it to catch up.
+        #[arg(long, value_parser = parse_duration, default_value = "5m", value_name = "D")]
+        timeout: Duration,
+    },
+    /// Remove a node (voter or learner). Removing the leader hands
+    /// leadership over first. Stop the removed node afterwards.
+    Remove {
+        id: u64,
+        /// How long to wait for the change to commit.
+        #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "D")]
+        timeout: Duration,
+    },
+    /// Hand leadership to another voter and wait until it has taken over.
+    TransferLeader {
+        id: u64,
+        /// How long to wait for the new leader.
+        #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "D")]
+        timeout: Duration,
+    },
+}
+
+fn print_members(out: Output, what: &str, members: &[quorumq_client::Member]) {
+    if out.json {
+        let members: Vec<_> =
+            members.iter().map(|m| json!({ "id": m.id, "address": m.address, "voter": m.voter })).collect();
+        out.print_json(json!({ "members": members }));
+    } else {
+        println!("{what}; members now:");
+        for m in members {
+            println!("  node {} at {} ({})", m.id, m.address, if m.voter { "voter" } else { "learner" });
+        }
+    }
 }
 
 pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<(), Failure> {
     match cmd {
+        ClusterCmd::Add { id, addr, learner, timeout } => {
+            let members = if learner {
+                client.add_learner(id, &addr, timeout).await.map_err(fail)?
+            } else {
+                client.add_node(id, &addr, timeout).await.map_err(fail)?
+            };
+            let what = if learner { "learner" } else { "voter" };
+            print_members(out, &format!("node {id} at {addr} added as a {what}"), &members);
+        }
+        ClusterCmd::Remove { id, timeout } => {
+            let members = client.remove_node(id, timeout).await.map_err(fail)?;
+            print_members(out, &format!("node {id} removed"), &members);
+        }
+        ClusterCmd::TransferLeader { id, timeout } => {
+            let t = client.transfer_leader(id, timeout).await.map_err(fail)?;
+            if out.json {
+                out.print_json(json!({ "leader": t.leader_id, "address": t.leader_address, "term": t.term }));
+            } else {
+                println!("node {} at {} leads now (term {})", t.leader_id, t.leader_address, t.term);
+            }
+        }
         ClusterCmd::Node { addr, require_leader } => {
             let addr = match addr {
                 Some(addr) => addr,
@@ -853,6 +916,7 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                     "committed_index": s.committed_index,
                     "applied_index": s.applied_index,
                     "initialized": s.initialized,
+                    "alarms": s.alarms,
                 }));
             } else {
                 println!(
@@ -866,6 +930,9 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                     s.committed_index,
                     s.applied_index
                 );
+                for alarm in &s.alarms {
+                    println!("alarm: {alarm}");
+                }
             }
             if require_leader && s.leader_id.is_none() {
                 return Err(Failure::from(format!("node {} knows no leader", s.id)));
@@ -887,6 +954,7 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                             "committed_index": n.committed_index,
                             "applied_index": n.applied_index,
                             "reachable": n.reachable,
+                            "alarms": n.alarms,
                         })
                     })
                     .collect();
@@ -912,6 +980,19 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                         n.applied_index,
                         if n.reachable { "yes" } else { "no" }
                     );
+                }
+                // Resource alarms block every send in the cluster (alarms.rs
+                // of the node).
+                let alarms: Vec<(String, &String)> = status
+                    .nodes
+                    .iter()
+                    .flat_map(|n| n.alarms.iter().map(|a| (n.id.map_or("?".to_string(), |id| id.to_string()), a)))
+                    .collect();
+                for (id, alarm) in &alarms {
+                    println!("alarm on node {id}: {alarm}");
+                }
+                if !alarms.is_empty() {
+                    println!("sends are refused while an alarm is on; consumers can drain");
                 }
             }
             if status.reachable_count() == 0 {

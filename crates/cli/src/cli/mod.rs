@@ -6,14 +6,18 @@
 
 mod bench;
 mod client_cmds;
+mod config_file;
 mod consume;
 mod dev;
 mod server;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::parse_duration;
+use clap::CommandFactory;
+use clap::FromArgMatches;
 use clap::Parser;
 use clap::Subcommand;
 
@@ -59,7 +63,7 @@ enum Cmd {
     Nack(client_cmds::NackArgs),
     /// Change the visibility timeout of delivered messages.
     Visibility(client_cmds::VisibilityArgs),
-    /// Cluster status.
+    /// Cluster status and membership: status, node, add, remove, transfer-leader.
     #[command(subcommand)]
     Cluster(client_cmds::ClusterCmd),
     /// Measure send (and receive) throughput and latency.
@@ -85,9 +89,25 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
+/// Parses this process's command line (clap prints help, version and
+/// command-line errors and exits itself), with the settings of
+/// `quorumq server --config FILE` merged in.
+fn parse_command_line() -> Result<Cli, Failure> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let matches = Cli::command().try_get_matches_from(&argv).unwrap_or_else(|e| e.exit());
+    let matches = config_file::merge(Cli::command(), argv, matches)?;
+    Cli::from_arg_matches(&matches).map_err(|e| Failure::usage(config_file::one_line(&e)))
+}
+
 /// Runs the command line of this process and returns its exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(Failure { message, exit }) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(exit);
+        }
+    };
     if !matches!(cli.command, Cmd::Server(_)) {
         // Like other Unix tools, end quietly when the reader of our output
         // goes away (`quorumq cluster status | head -1`) instead of
