@@ -86,8 +86,32 @@ impl TestCluster {
         test
     }
 
+    /// Like [`TestCluster::start_with`], and every node also serves
+    /// `/metrics`, `/health` and `/ready` on its own free port
+    /// ([`TestCluster::http_addr`]).
+    pub fn start_with_http(binary: PathBuf, name: &str, nodes: usize, server_args: &[&str]) -> TestCluster {
+        let mut options = ClusterOptions::new(binary, nodes);
+        options.server_args = server_args.iter().map(|s| s.to_string()).collect();
+        options.http = true;
+        let cluster = LocalCluster::new(options).expect("lay out the local cluster");
+        let mut test = TestCluster { cluster, name: name.to_string() };
+        test.cluster.start_all().expect("start the node processes");
+        test
+    }
+
     pub fn ids(&self) -> Vec<u64> {
         self.cluster.ids()
+    }
+
+    /// Node `id`'s `--http` address (clusters started with
+    /// [`TestCluster::start_with_http`]).
+    pub fn http_addr(&self, id: u64) -> String {
+        self.cluster.node(id).http_addr.clone().unwrap_or_else(|| panic!("node {id} has no --http address"))
+    }
+
+    /// `GET path` on node `id`'s HTTP endpoint: the status code and body.
+    pub async fn http_get(&self, id: u64, path: &str) -> Result<(u16, String), String> {
+        http_get(&self.http_addr(id), path).await
     }
 
     pub fn addr(&self, id: u64) -> String {
@@ -155,9 +179,31 @@ impl TestCluster {
         self.cluster.stop(id, Duration::from_secs(10)).unwrap_or_else(|e| panic!("stop node {id}: {e}"));
     }
 
+    /// Lays out and starts a new node that waits to be added (`--join`);
+    /// returns its id.
+    pub fn start_joining_node(&mut self) -> u64 {
+        let id = self.cluster.add_node().expect("lay out a new node");
+        self.cluster.start(id).unwrap_or_else(|e| panic!("start node {id}: {e}"));
+        id
+    }
+
+    /// Deletes the data of stopped node `id`; it restarts with `--join`.
+    pub fn wipe(&mut self, id: u64) {
+        self.cluster.wipe(id).unwrap_or_else(|e| panic!("wipe node {id}: {e}"));
+    }
+
     /// Starts node `id` again on its data directory.
     pub fn restart(&mut self, id: u64) {
         self.cluster.start(id).unwrap_or_else(|e| panic!("start node {id}: {e}"));
+    }
+
+    /// Starts node `id` again with `args` added to the cluster's server
+    /// arguments (replacing what an earlier `restart_with` added; `&[]`
+    /// goes back to the cluster's arguments alone).
+    pub fn restart_with(&mut self, id: u64, args: &[&str]) {
+        let args = args.iter().map(|a| a.to_string()).collect();
+        self.cluster.set_node_args(id, args).unwrap_or_else(|e| panic!("set the arguments of node {id}: {e}"));
+        self.restart(id);
     }
 
     pub fn is_running(&mut self, id: u64) -> bool {
@@ -234,6 +280,70 @@ impl Drop for TestCluster {
         }
         eprintln!("{report}");
     }
+}
+
+/// How long [`http_get`] waits for a whole answer.
+const HTTP_GET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest answer [`http_get`] reads.
+const HTTP_ANSWER_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// A plain HTTP/1.1 `GET` of `path` on `addr` (`host:port`), one request
+/// per connection: the status code and the body. An error when the node
+/// cannot be reached or does not answer within a few seconds.
+pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("send to {addr}: {e}"))?;
+        let mut answer = Vec::new();
+        (&mut stream)
+            .take(HTTP_ANSWER_BYTES_MAX)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        Ok::<_, String>(answer)
+    };
+    let answer = tokio::time::timeout(HTTP_GET_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("GET {path} on {addr}: no answer within {HTTP_GET_TIMEOUT:?}"))??;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("GET {path}: no header end in {text:?}"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("GET {path}: no status in {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked { dechunk(body)? } else { body.to_string() };
+    Ok((status, body))
+}
+
+/// Decodes a chunked HTTP body.
+fn dechunk(mut body: &str) -> Result<String, String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").ok_or("chunked body: no chunk size line")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16)
+            .map_err(|e| format!("chunked body: bad chunk size {size:?}: {e}"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(..size).ok_or("chunked body: cut short")?;
+        out.push_str(chunk);
+        body = rest.get(size..).and_then(|r| r.strip_prefix("\r\n")).ok_or("chunked body: no CRLF after a chunk")?;
+    }
+}
+
+/// The value of the sample `series` (a metric name with its labels, as
+/// printed: `quorumq_queue_ready{queue="q"}`) in Prometheus text, if present.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
 }
 
 /// Removes terminal colour sequences (`ESC [ … m`), which the nodes'
