@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The bounded fault-injection run that CI does (tests/run.sh): about a minute
-# for each nemesis family on the local backend, then the proof that the
-# harness catches a broken build. Every run stops by itself.
+# for each nemesis family (kill, pause, partition, restart, membership) on the
+# local backend, then the proof that the harness catches a broken build.
+# Every run stops by itself.
 #
 #   bash jepsen/smoke.sh                 # TIME_LIMIT=45 per family, random seed
 #   SEED=7 TIME_LIMIT=30 bash jepsen/smoke.sh
@@ -20,11 +21,11 @@ cargo build --release --locked -p quorumq-tests --features fault-injection --bin
 jepsen=target/release/quorumq-jepsen
 
 net=namespaces
-families="kill pause partition restart"
+families="kill pause partition restart membership"
 if [ "$(id -u)" != 0 ]; then
     echo "jepsen smoke: not root: loopback networking, partition family SKIPPED"
     net=loopback
-    families="kill pause restart"
+    families="kill pause restart membership"
 fi
 
 for nemesis in $families; do

@@ -7,9 +7,13 @@
 //! the harness on the host), no automatic restarts (the nemesis decides when
 //! a killed node comes back), and a project name of its own. Faults are real:
 //! `docker kill -s KILL`, `docker stop`, `docker pause`, and iptables rules
-//! run inside a container's network namespace with `nsenter`.
+//! run inside a container's network namespace with `nsenter`. Wiping a node
+//! (the membership nemesis) removes its container and its data volume; the
+//! override then gives it `QUORUMQ_JOIN=true` and the next start creates it
+//! again (`up -d --no-deps nodeN`) on an empty volume.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io;
 use std::path::Path;
 use std::path::PathBuf;
@@ -37,6 +41,12 @@ pub struct ComposeDb {
     nodes: Vec<NodeId>,
     containers: BTreeMap<NodeId, String>,
     compose: Vec<String>,
+    /// Wiped nodes: they start with `QUORUMQ_JOIN=true`.
+    joining: BTreeSet<NodeId>,
+    /// Wiped nodes whose container is gone: `start` creates it again.
+    removed: BTreeSet<NodeId>,
+    /// Wipes so far (names the logs saved from removed containers).
+    wipes: u32,
 }
 
 /// `docker compose` (v2) when present, else `docker-compose` (v1).
@@ -59,27 +69,49 @@ impl ComposeDb {
             )));
         }
         std::fs::create_dir_all(dir)?;
-        let nodes: Vec<NodeId> = (1..=n).collect();
-        let peers =
-            nodes.iter().map(|&id| format!("{id}={}:{}", node_ip(id), node_port(id))).collect::<Vec<_>>().join(",");
+        let db = ComposeDb {
+            compose_file,
+            override_file: dir.join("compose-override.yml"),
+            log_dir: dir.to_path_buf(),
+            nodes: (1..=n).collect(),
+            containers: BTreeMap::new(),
+            compose: compose_command()?,
+            joining: BTreeSet::new(),
+            removed: BTreeSet::new(),
+            wipes: 0,
+        };
+        db.write_override()?;
+        Ok(db)
+    }
+
+    /// The override file: static addresses, no restarts, and
+    /// `QUORUMQ_JOIN=true` for the wiped nodes.
+    fn write_override(&self) -> io::Result<()> {
+        let peers = self
+            .nodes
+            .iter()
+            .map(|&id| format!("{id}={}:{}", node_ip(id), node_port(id)))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut yaml = String::from("# Written by quorumq-jepsen: static addresses, no restarts.\nservices:\n");
-        for &id in &nodes {
+        for &id in &self.nodes {
+            let join = if self.joining.contains(&id) { "      QUORUMQ_JOIN: \"true\"\n" } else { "" };
             yaml.push_str(&format!(
-                "  node{id}:\n    restart: \"no\"\n    environment:\n      QUORUMQ_PEERS: \"{peers}\"\n      RUST_LOG: \"info,openraft=warn\"\n    networks:\n      quorumq:\n        ipv4_address: {}\n",
+                "  node{id}:\n    restart: \"no\"\n    environment:\n      QUORUMQ_PEERS: \"{peers}\"\n      RUST_LOG: \"info,openraft=warn\"\n{join}    networks:\n      quorumq:\n        ipv4_address: {}\n",
                 node_ip(id)
             ));
         }
         yaml.push_str(&format!("networks:\n  quorumq:\n    ipam:\n      config:\n        - subnet: {SUBNET}.0/24\n"));
-        let override_file = dir.join("compose-override.yml");
-        std::fs::write(&override_file, yaml)?;
-        Ok(ComposeDb {
-            compose_file,
-            override_file,
-            log_dir: dir.to_path_buf(),
-            nodes,
-            containers: BTreeMap::new(),
-            compose: compose_command()?,
-        })
+        std::fs::write(&self.override_file, yaml)
+    }
+
+    /// The container id of service `nodeN`, as compose knows it now.
+    fn service_container(&self, id: NodeId) -> io::Result<String> {
+        let name = self.compose(&["ps", "-q", &format!("node{id}")])?.trim().to_string();
+        if name.is_empty() {
+            return Err(io::Error::other(format!("node{id} did not start")));
+        }
+        Ok(name)
     }
 
     fn compose(&self, args: &[&str]) -> io::Result<String> {
@@ -163,20 +195,27 @@ impl Db for ComposeDb {
         let _ = self.compose(&["down", "-v", "--remove-orphans"]);
         self.compose(&["up", "-d"])?;
         for &id in &self.nodes.clone() {
-            let name = self.compose(&["ps", "-q", &format!("node{id}")])?.trim().to_string();
-            if name.is_empty() {
-                return Err(io::Error::other(format!("node{id} did not start")));
-            }
+            let name = self.service_container(id)?;
             self.containers.insert(id, name);
         }
         Ok(())
     }
 
     fn start(&mut self, id: NodeId) -> io::Result<()> {
+        if self.removed.contains(&id) {
+            self.compose(&["up", "-d", "--no-deps", &format!("node{id}")])?;
+            let name = self.service_container(id)?;
+            self.containers.insert(id, name);
+            self.removed.remove(&id);
+            return Ok(());
+        }
         run("docker", &["start", self.container(id)?]).map(|_| ())
     }
 
     fn kill(&mut self, id: NodeId) -> io::Result<()> {
+        if self.removed.contains(&id) {
+            return Ok(());
+        }
         let container = self.container(id)?.to_string();
         if self.is_running(id) {
             let _ = run("docker", &["unpause", &container]);
@@ -186,6 +225,9 @@ impl Db for ComposeDb {
     }
 
     fn stop(&mut self, id: NodeId) -> io::Result<()> {
+        if self.removed.contains(&id) {
+            return Ok(());
+        }
         let container = self.container(id)?.to_string();
         let _ = run("docker", &["unpause", &container]);
         run("docker", &["stop", "-t", "10", &container]).map(|_| ())
@@ -196,6 +238,9 @@ impl Db for ComposeDb {
     }
 
     fn resume(&mut self, id: NodeId) -> io::Result<()> {
+        if self.removed.contains(&id) {
+            return Ok(());
+        }
         let container = self.container(id)?;
         let state = run("docker", &["inspect", "-f", "{{.State.Paused}}", container])?;
         if state.trim() == "true" {
@@ -205,6 +250,9 @@ impl Db for ComposeDb {
     }
 
     fn is_running(&mut self, id: NodeId) -> bool {
+        if self.removed.contains(&id) {
+            return false;
+        }
         let Ok(container) = self.container(id) else { return false };
         run("docker", &["inspect", "-f", "{{.State.Running}}", container]).is_ok_and(|s| s.trim() == "true")
     }
@@ -236,5 +284,37 @@ impl Db for ComposeDb {
     fn teardown(&mut self) -> io::Result<()> {
         self.save_logs();
         self.compose(&["down", "-v", "--remove-orphans"]).map(|_| ())
+    }
+
+    fn wipe(&mut self, id: NodeId) -> io::Result<()> {
+        if self.removed.contains(&id) {
+            return Ok(());
+        }
+        if self.is_running(id) {
+            return Err(io::Error::other(format!("node {id} is running; stop it before wiping it")));
+        }
+        let container = self.container(id)?.to_string();
+        let volume = run(
+            "docker",
+            &["inspect", "-f", "{{range .Mounts}}{{if eq .Destination \"/data\"}}{{.Name}}{{end}}{{end}}", &container],
+        )?
+        .trim()
+        .to_string();
+        // Keep the old container's log: removing the container drops it.
+        self.wipes += 1;
+        if let Ok(out) = std::process::Command::new("docker").args(["logs", &container]).output() {
+            let mut text = out.stdout;
+            text.extend(out.stderr);
+            let _ = std::fs::create_dir_all(self.log_dir.join(format!("n{id}")));
+            let _ = std::fs::write(self.log_dir.join(format!("n{id}/node-before-wipe-{}.log", self.wipes)), text);
+        }
+        self.compose(&["rm", "-s", "-f", &format!("node{id}")])?;
+        self.containers.remove(&id);
+        self.removed.insert(id);
+        if !volume.is_empty() {
+            run("docker", &["volume", "rm", &volume])?;
+        }
+        self.joining.insert(id);
+        self.write_override()
     }
 }

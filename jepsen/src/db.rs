@@ -3,8 +3,10 @@
 //!
 //! - [`LocalDb`]: `quorumq server` processes on this machine. With
 //!   `Net::Namespaces` each node runs in its own network namespace, wired to a
-//!   bridge by a veth pair, with its own address (10.77.0.11, .12, …), so
+//!   bridge by a veth pair, with its own address (10.77.S.11, .12, …), so
 //!   that iptables rules inside a namespace cut exactly the links we choose.
+//!   S is the run's slot (see [`NetSlot`]): concurrent runs on one machine
+//!   get their own bridge, namespaces and subnet.
 //!   With `Net::Loopback` nodes share 127.0.0.1 (no partitions possible);
 //!   that mode needs no privileges.
 //! - `ComposeDb` (in `compose.rs`): the Docker Compose cluster of `deploy/`.
@@ -51,6 +53,11 @@ pub trait Db: Send {
     fn heal(&mut self) -> io::Result<()>;
     /// Stops everything and removes what setup created (keeps logs).
     fn teardown(&mut self) -> io::Result<()>;
+    /// Deletes the data of node `id`, which must be stopped; from then on
+    /// it starts with `--join`: an empty node, with the same id and address,
+    /// that waits to be added to the cluster (the membership nemesis removes
+    /// it from the cluster first).
+    fn wipe(&mut self, id: NodeId) -> io::Result<()>;
 }
 
 /// Runs a command, failing with its stderr when it fails.
@@ -82,26 +89,68 @@ pub enum Net {
     Namespaces,
 }
 
-const BRIDGE: &str = "qqj-br";
-const SUBNET_PREFIX: &str = "10.77.0";
 const PORT: u16 = 7001;
 
-fn netns(id: NodeId) -> String {
-    format!("qqj-n{id}")
+/// How many namespaced runs may share a machine.
+const SLOTS: u32 = 32;
+
+/// The network names of one namespaced run: slot S has bridge `qqjS-br`,
+/// namespaces `qqjS-nI`, host veths `qqjS-vI` and subnet 10.77.S.0/24. A run
+/// holds its slot with an exclusive lock on a file in the temp directory
+/// for as long as it lives, so two runs never touch each other's names (and
+/// a run only ever cleans up leftovers of its own slot). Slots start at 1:
+/// older harness builds used the fixed names `qqj-*` and 10.77.0.0/24.
+#[derive(Debug)]
+pub struct NetSlot {
+    slot: u32,
+    _lock: File,
 }
 
-fn host_veth(id: NodeId) -> String {
-    format!("qqj-v{id}")
-}
+impl NetSlot {
+    /// Takes the first free slot.
+    pub fn take() -> io::Result<NetSlot> {
+        for slot in 1..=SLOTS {
+            let file = File::create(std::env::temp_dir().join(format!("quorumq-jepsen-netns-{slot}.lock")))?;
+            // SAFETY: flock on a file descriptor we own.
+            let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(NetSlot { slot, _lock: file });
+            }
+        }
+        Err(io::Error::other(format!("all {SLOTS} namespaced quorumq-jepsen slots are in use on this machine")))
+    }
 
-fn node_ip(id: NodeId) -> String {
-    format!("{SUBNET_PREFIX}.{}", 10 + id)
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    fn bridge(&self) -> String {
+        format!("qqj{}-br", self.slot)
+    }
+
+    fn netns(&self, id: NodeId) -> String {
+        format!("qqj{}-n{id}", self.slot)
+    }
+
+    fn host_veth(&self, id: NodeId) -> String {
+        format!("qqj{}-v{id}", self.slot)
+    }
+
+    fn subnet_prefix(&self) -> String {
+        format!("10.77.{}", self.slot)
+    }
+
+    fn node_ip(&self, id: NodeId) -> String {
+        format!("{}.{}", self.subnet_prefix(), 10 + id)
+    }
 }
 
 struct LocalNode {
     addr: String,
     data_dir: PathBuf,
     log_path: PathBuf,
+    /// Wiped: it starts with `--join`.
+    join: bool,
     child: Option<Child>,
     paused: bool,
 }
@@ -112,12 +161,18 @@ pub struct LocalDb {
     net: Net,
     nodes: BTreeMap<NodeId, LocalNode>,
     server_args: Vec<String>,
-    _lock: Option<File>,
+    /// With `Net::Namespaces`: this run's network names.
+    slot: Option<NetSlot>,
 }
 
 impl LocalDb {
-    /// Lays out `n` nodes whose data and logs go under `dir`.
+    /// Lays out `n` nodes whose data and logs go under `dir`. With
+    /// `Net::Namespaces` this takes the run's network slot.
     pub fn new(binary: PathBuf, n: u64, dir: &std::path::Path, net: Net, server_args: Vec<String>) -> io::Result<Self> {
+        let slot = match net {
+            Net::Namespaces => Some(NetSlot::take()?),
+            Net::Loopback => None,
+        };
         let ports: Vec<u16> = match net {
             Net::Namespaces => vec![PORT; n as usize],
             Net::Loopback => {
@@ -129,50 +184,47 @@ impl LocalDb {
         let nodes = (1..=n)
             .zip(ports)
             .map(|(id, port)| {
-                let host = match net {
-                    Net::Namespaces => node_ip(id),
-                    Net::Loopback => "127.0.0.1".to_string(),
+                let host = match &slot {
+                    Some(slot) => slot.node_ip(id),
+                    None => "127.0.0.1".to_string(),
                 };
                 let node_dir = dir.join(format!("n{id}"));
                 let node = LocalNode {
                     addr: format!("{host}:{port}"),
                     data_dir: node_dir.join("data"),
                     log_path: node_dir.join("node.log"),
+                    join: false,
                     child: None,
                     paused: false,
                 };
                 (id, node)
             })
             .collect();
-        Ok(LocalDb { binary, net, nodes, server_args, _lock: None })
+        Ok(LocalDb { binary, net, nodes, server_args, slot })
     }
 
     fn peers(&self) -> String {
         self.nodes.iter().map(|(id, n)| format!("{id}={}", n.addr)).collect::<Vec<_>>().join(",")
     }
 
-    /// Only one namespaced run per machine at a time: the names are fixed.
-    fn take_lock(&mut self) -> io::Result<()> {
-        let file = File::create(std::env::temp_dir().join("quorumq-jepsen-netns.lock"))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(io::Error::other("another namespaced quorumq-jepsen run is in progress on this machine"));
-        }
-        self._lock = Some(file);
-        Ok(())
+    /// This run's network names (namespaced runs only).
+    fn slot(&self) -> io::Result<&NetSlot> {
+        self.slot.as_ref().ok_or_else(|| io::Error::other("no network namespaces in --net loopback"))
     }
 
+    /// Removes this slot's bridge, namespaces and rule, if present.
     fn remove_network(&self) {
+        let Some(slot) = &self.slot else { return };
         for id in 1..=9 {
-            run_quiet("ip", &["netns", "del", &netns(id)]);
-            run_quiet("ip", &["link", "del", &host_veth(id)]);
+            run_quiet("ip", &["netns", "del", &slot.netns(id)]);
+            run_quiet("ip", &["link", "del", &slot.host_veth(id)]);
         }
-        run_quiet("ip", &["link", "del", BRIDGE]);
+        let bridge = slot.bridge();
+        run_quiet("ip", &["link", "del", &bridge]);
         // Docker sets the FORWARD policy to DROP and bridged frames pass
         // through iptables when br_netfilter is loaded.
         while Command::new("iptables")
-            .args(["-D", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"])
+            .args(["-D", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -186,21 +238,31 @@ impl LocalDb {
             ));
         }
         self.remove_network();
-        run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
-        run("ip", &["addr", "add", &format!("{SUBNET_PREFIX}.1/24"), "dev", BRIDGE])?;
-        run("ip", &["link", "set", BRIDGE, "up"])?;
-        run("iptables", &["-I", "FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"])?;
+        let slot = self.slot()?;
+        let bridge = slot.bridge();
+        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        run("ip", &["addr", "add", &format!("{}.1/24", slot.subnet_prefix()), "dev", &bridge])?;
+        run("ip", &["link", "set", &bridge, "up"])?;
+        run("iptables", &["-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"])?;
         for &id in self.nodes.keys() {
-            let ns = netns(id);
+            let (ns, veth) = (slot.netns(id), slot.host_veth(id));
             run("ip", &["netns", "add", &ns])?;
-            run("ip", &["link", "add", &host_veth(id), "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-            run("ip", &["link", "set", &host_veth(id), "master", BRIDGE])?;
-            run("ip", &["link", "set", &host_veth(id), "up"])?;
-            run("ip", &["netns", "exec", &ns, "ip", "addr", "add", &format!("{}/24", node_ip(id)), "dev", "eth0"])?;
+            run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            run("ip", &["link", "set", &veth, "master", &bridge])?;
+            run("ip", &["link", "set", &veth, "up"])?;
+            run(
+                "ip",
+                &["netns", "exec", &ns, "ip", "addr", "add", &format!("{}/24", slot.node_ip(id)), "dev", "eth0"],
+            )?;
             run("ip", &["netns", "exec", &ns, "ip", "link", "set", "eth0", "up"])?;
             run("ip", &["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
         }
         Ok(())
+    }
+
+    /// The network slot of a namespaced run.
+    pub fn net_slot(&self) -> Option<u32> {
+        self.slot.as_ref().map(NetSlot::slot)
     }
 
     /// The path of a node's log file.
@@ -220,7 +282,6 @@ impl Db for LocalDb {
 
     fn setup(&mut self) -> io::Result<()> {
         if self.net == Net::Namespaces {
-            self.take_lock()?;
             self.create_network()?;
         }
         for id in self.nodes() {
@@ -232,7 +293,8 @@ impl Db for LocalDb {
 
     fn start(&mut self, id: NodeId) -> io::Result<()> {
         let peers = self.peers();
-        let (binary, net, args) = (self.binary.clone(), self.net, self.server_args.clone());
+        let (binary, args) = (self.binary.clone(), self.server_args.clone());
+        let netns = self.slot.as_ref().map(|slot| slot.netns(id));
         let node = self.nodes.get_mut(&id).ok_or_else(|| io::Error::other(format!("no node {id}")))?;
         if let Some(child) = node.child.as_mut()
             && child.try_wait()?.is_none()
@@ -240,19 +302,20 @@ impl Db for LocalDb {
             return Ok(());
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
-        let mut command = match net {
-            Net::Namespaces => {
+        let mut command = match &netns {
+            Some(netns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", &netns(id)]).arg(&binary);
+                c.args(["netns", "exec", netns]).arg(&binary);
                 c
             }
-            Net::Loopback => Command::new(&binary),
+            None => Command::new(&binary),
         };
         command
             .arg("server")
             .args(["--id", &id.to_string(), "--listen", &node.addr, "--peers", &peers])
             .arg("--data-dir")
             .arg(&node.data_dir)
+            .args(node.join.then_some("--join"))
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -335,20 +398,20 @@ impl Db for LocalDb {
             return Err(io::Error::other("partitions need --net namespaces"));
         }
         self.heal()?;
+        let slot = self.slot()?;
         for (&a, dropped) in grudge {
             for &b in dropped {
-                run("ip", &["netns", "exec", &netns(a), "iptables", "-A", "INPUT", "-s", &node_ip(b), "-j", "DROP"])?;
+                let (ns, source) = (slot.netns(a), slot.node_ip(b));
+                run("ip", &["netns", "exec", &ns, "iptables", "-A", "INPUT", "-s", &source, "-j", "DROP"])?;
             }
         }
         Ok(())
     }
 
     fn heal(&mut self) -> io::Result<()> {
-        if self.net != Net::Namespaces {
-            return Ok(());
-        }
+        let Some(slot) = &self.slot else { return Ok(()) };
         for id in self.nodes() {
-            run("ip", &["netns", "exec", &netns(id), "iptables", "-F", "INPUT"])?;
+            run("ip", &["netns", "exec", &slot.netns(id), "iptables", "-F", "INPUT"])?;
         }
         Ok(())
     }
@@ -361,6 +424,21 @@ impl Db for LocalDb {
         if self.net == Net::Namespaces {
             self.remove_network();
         }
+        Ok(())
+    }
+
+    fn wipe(&mut self, id: NodeId) -> io::Result<()> {
+        if self.is_running(id) {
+            return Err(io::Error::other(format!("node {id} is running; stop it before wiping it")));
+        }
+        let node = self.nodes.get_mut(&id).ok_or_else(|| io::Error::other(format!("no node {id}")))?;
+        match std::fs::remove_dir_all(&node.data_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::create_dir_all(&node.data_dir)?;
+        node.join = true;
         Ok(())
     }
 }

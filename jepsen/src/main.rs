@@ -66,8 +66,8 @@ struct TestArgs {
     net: NetArg,
     #[arg(long, default_value_t = 3)]
     nodes: u64,
-    /// Comma-separated nemesis families: kill, pause, partition, restart
-    /// (empty: no faults).
+    /// Comma-separated nemesis families: kill, pause, partition, restart,
+    /// kill-all, membership (empty: no faults).
     #[arg(long, default_value = "kill,pause,partition")]
     nemesis: String,
     /// Seconds of workload under faults.
@@ -188,6 +188,9 @@ fn test(args: TestArgs) -> ExitCode {
         (Ok(i), Ok(d)) => (i, d),
         (Err(e), _) | (_, Err(e)) => return usage(e),
     };
+    if families.contains(&Family::Membership) && args.nodes < 3 {
+        return usage("the membership nemesis needs --nodes 3 or more (it takes one voter out at a time)");
+    }
     if args.rate <= 0.0 || args.producers == 0 {
         return usage("--rate and --producers must be positive");
     }
@@ -229,7 +232,12 @@ fn test(args: TestArgs) -> ExitCode {
                 return usage("the partition nemesis needs --net namespaces");
             }
             match LocalDb::new(binary, args.nodes, &dir, net, server_args) {
-                Ok(db) => Box::new(db),
+                Ok(db) => {
+                    if let Some(slot) = db.net_slot() {
+                        println!("jepsen: network slot {slot}: bridge qqj{slot}-br, nodes on 10.77.{slot}.0/24");
+                    }
+                    Box::new(db)
+                }
                 Err(e) => return usage(format!("cannot lay out the cluster: {e}")),
             }
         }

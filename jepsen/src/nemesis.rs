@@ -21,6 +21,8 @@ use crate::db::Grudge;
 use crate::db::NodeId;
 use crate::history::OpType;
 use crate::history::Recorder;
+use crate::membership;
+use crate::membership::Change;
 
 /// The nemesis families a test may enable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -38,6 +40,10 @@ pub enum Family {
     /// Only SIGKILL of every node at once (the fault that exposes a node
     /// acknowledging before its write is durable).
     KillAll,
+    /// Membership changes: replace a node (remove, wipe, rejoin empty with
+    /// --join, add back), remove a voter and add it back later, transfer
+    /// leadership to a follower (`membership.rs`).
+    Membership,
 }
 
 impl Family {
@@ -48,7 +54,10 @@ impl Family {
             "partition" => Ok(Family::Partition),
             "restart" => Ok(Family::Restart),
             "kill-all" => Ok(Family::KillAll),
-            other => Err(format!("unknown nemesis {other:?}; expected kill, pause, partition, restart or kill-all")),
+            "membership" => Ok(Family::Membership),
+            other => Err(format!(
+                "unknown nemesis {other:?}; expected kill, pause, partition, restart, kill-all or membership"
+            )),
         }
     }
 
@@ -59,6 +68,7 @@ impl Family {
             Family::Partition => "partition",
             Family::Restart => "restart",
             Family::KillAll => "kill-all",
+            Family::Membership => "membership",
         }
     }
 }
@@ -70,12 +80,16 @@ pub enum Fault {
     Pause { label: &'static str, nodes: Vec<NodeId> },
     Partition { label: &'static str, grudge: Grudge },
     RollingRestart,
+    Membership { label: &'static str, change: Change, node: NodeId },
 }
 
 impl Fault {
     pub fn label(&self) -> &'static str {
         match self {
-            Fault::Kill { label, .. } | Fault::Pause { label, .. } | Fault::Partition { label, .. } => label,
+            Fault::Kill { label, .. }
+            | Fault::Pause { label, .. }
+            | Fault::Partition { label, .. }
+            | Fault::Membership { label, .. } => label,
             Fault::RollingRestart => "rolling-restart",
         }
     }
@@ -89,6 +103,10 @@ impl Fault {
                 json!({ "fault": label, "drops": grudge })
             }
             Fault::RollingRestart => json!({ "fault": "rolling-restart" }),
+            Fault::Membership { label, change: Change::ShrinkGrow { wipe }, node } => {
+                json!({ "fault": label, "nodes": [node], "wipe": wipe })
+            }
+            Fault::Membership { label, node, .. } => json!({ "fault": label, "nodes": [node] }),
         }
     }
 }
@@ -186,12 +204,17 @@ pub async fn pick(families: &[Family], nodes: &[NodeId], client: &Client, rng: &
         },
         Family::Restart => Fault::RollingRestart,
         Family::KillAll => Fault::Kill { label: "kill-all", nodes: nodes.to_vec() },
+        Family::Membership => {
+            let leader = find_leader(client).await;
+            let (label, change, node) = membership::choose(nodes, leader, rng);
+            Fault::Membership { label, change, node }
+        }
     }
 }
 
-type SharedDb = Arc<Mutex<Box<dyn Db>>>;
+pub(crate) type SharedDb = Arc<Mutex<Box<dyn Db>>>;
 
-async fn with_db<R: Send + 'static>(
+pub(crate) async fn with_db<R: Send + 'static>(
     db: &SharedDb,
     f: impl FnOnce(&mut dyn Db) -> std::io::Result<R> + Send + 'static,
 ) -> std::io::Result<R> {
@@ -204,13 +227,25 @@ async fn with_db<R: Send + 'static>(
     .map_err(std::io::Error::other)?
 }
 
-/// Starts a fault. Rolling restarts run to completion here.
-pub async fn start(db: &SharedDb, fault: &Fault, history: &Recorder) -> std::io::Result<()> {
+/// Starts a fault. Rolling restarts run to completion here, and so do
+/// replacements and leadership transfers (membership changes go through
+/// `client`; their failures are recorded, not returned).
+pub async fn start(db: &SharedDb, fault: &Fault, client: &Client, history: &Recorder) -> std::io::Result<()> {
     let inv = history.invoke("nemesis", "start", fault.describe(), None);
+    if let Fault::Membership { change, node, .. } = *fault {
+        let mut log = membership::Log::default();
+        let result = membership::start(db, client, change, node, &mut log).await;
+        let mut value = fault.describe();
+        value["steps"] = json!(log.steps());
+        let kind = if matches!(result, Err(membership::Failure::Skipped(_))) { OpType::Fail } else { OpType::Info };
+        inv.complete(kind, value, None, result.err().map(|e| e.to_string()));
+        return Ok(());
+    }
     let result = match fault.clone() {
         Fault::Kill { nodes, .. } => with_db(db, move |db| nodes.iter().try_for_each(|&id| db.kill(id))).await,
         Fault::Pause { nodes, .. } => with_db(db, move |db| nodes.iter().try_for_each(|&id| db.pause(id))).await,
         Fault::Partition { grudge, .. } => with_db(db, move |db| db.partition(&grudge)).await,
+        Fault::Membership { .. } => Ok(()),
         Fault::RollingRestart => {
             let ids = with_db(db, |db| Ok(db.nodes())).await?;
             let mut result = Ok(());
@@ -234,15 +269,24 @@ pub async fn start(db: &SharedDb, fault: &Fault, history: &Recorder) -> std::io:
     result
 }
 
-/// Ends a fault: restart killed nodes, resume paused ones, heal partitions.
-pub async fn stop(db: &SharedDb, fault: &Fault, history: &Recorder) -> std::io::Result<()> {
+/// Ends a fault: restart killed nodes, resume paused ones, heal partitions,
+/// make every node a running voter again.
+pub async fn stop(db: &SharedDb, fault: &Fault, client: &Client, history: &Recorder) -> std::io::Result<()> {
     let value = json!({ "fault": fault.label() });
     let inv = history.invoke("nemesis", "stop", value.clone(), None);
+    if let Fault::Membership { change, .. } = *fault {
+        let mut log = membership::Log::default();
+        let result = membership::stop(db, client, change, &mut log).await;
+        let mut done = value.clone();
+        done["steps"] = json!(log.steps());
+        inv.complete(OpType::Info, done, None, result.err());
+        return Ok(());
+    }
     let result = match fault.clone() {
         Fault::Kill { nodes, .. } => with_db(db, move |db| nodes.iter().try_for_each(|&id| db.start(id))).await,
         Fault::Pause { nodes, .. } => with_db(db, move |db| nodes.iter().try_for_each(|&id| db.resume(id))).await,
         Fault::Partition { .. } => with_db(db, |db| db.heal()).await,
-        Fault::RollingRestart => Ok(()),
+        Fault::RollingRestart | Fault::Membership { .. } => Ok(()),
     };
     inv.complete(OpType::Info, value, None, result.as_ref().err().map(|e| e.to_string()));
     result
@@ -299,16 +343,55 @@ pub async fn run(
         }
         tokio::time::sleep(quiet).await;
         let fault = pick(&schedule.families, &nodes, &client, &mut rng).await;
-        start(&db, &fault, &history).await?;
+        start(&db, &fault, &client, &history).await?;
         let hold = between(&mut rng, schedule.duration);
         tokio::time::sleep_until((tokio::time::Instant::now() + hold).min(until)).await;
-        stop(&db, &fault, &history).await?;
+        stop(&db, &fault, &client, &history).await?;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every family parses from its name, `membership` included, and the
+    /// error lists them all.
+    #[test]
+    fn families_parse_by_name() {
+        for family in
+            [Family::Kill, Family::Pause, Family::Partition, Family::Restart, Family::KillAll, Family::Membership]
+        {
+            assert_eq!(Family::parse(family.name()), Ok(family));
+        }
+        assert_eq!(Family::parse(" membership "), Ok(Family::Membership));
+        let error = Family::parse("members").unwrap_err();
+        assert!(error.contains("membership"), "{error}");
+    }
+
+    /// A mixed schedule picks membership faults among the others, each
+    /// described in the history with its target node.
+    #[tokio::test]
+    async fn mixed_schedule_includes_membership_faults() {
+        // No node listens here: the leader is unknown, as during an election.
+        let client = Client::new(quorumq_client::ClientConfig::new(vec!["127.0.0.1:9".to_string()])).unwrap();
+        let nodes = [1, 2, 3, 4, 5];
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut labels = BTreeSet::new();
+        for _ in 0..60 {
+            let fault = pick(&[Family::Kill, Family::Membership], &nodes, &client, &mut rng).await;
+            labels.insert(fault.label());
+            if let Fault::Membership { node, .. } = fault {
+                assert!(nodes.contains(&node));
+                let described = fault.describe();
+                assert_eq!(described["fault"], fault.label());
+                assert_eq!(described["nodes"], json!([node]));
+            }
+        }
+        assert!(labels.contains("kill-random"), "{labels:?}");
+        for label in ["replace-random", "replace-leader", "shrink-grow", "transfer-leader"] {
+            assert!(labels.contains(label), "no {label} in {labels:?}");
+        }
+    }
 
     /// Splits cut exactly the links across the cut, both ways.
     #[test]

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::checker;
 use crate::db::Db;
 use crate::history::Recorder;
+use crate::membership;
 use crate::nemesis;
 use crate::nemesis::Family;
 use crate::nemesis::Schedule;
@@ -45,10 +46,22 @@ pub struct Outcome {
     pub results: checker::Results,
 }
 
-/// `store/<name>/<UTC time>/`.
+/// `store/<name>/<UTC time>/`, created here so that two runs started in the
+/// same second with the same store get different directories (the second
+/// gets `<UTC time>-2`).
 pub fn store_dir(store: &std::path::Path, name: &str) -> PathBuf {
     let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string().replace(':', "");
-    store.join(name).join(time)
+    let base = store.join(name);
+    let _ = std::fs::create_dir_all(&base);
+    for n in 1..100 {
+        let dir = if n == 1 { base.join(&time) } else { base.join(format!("{time}-{n}")) };
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // Any other error: `run` reports it when it creates the directory.
+            _ => return dir,
+        }
+    }
+    base.join(time)
 }
 
 fn make_client(db: &dyn Db, deadline: Duration) -> Result<Client, String> {
@@ -137,5 +150,16 @@ async fn run_phases(db: &Arc<Mutex<Box<dyn Db>>>, options: &TestOptions, history
         make_client(guard.as_ref(), Duration::from_secs(10))?
     };
     workload::wait_for_leader(&drain_client, Duration::from_secs(60)).await?;
+    if options.families.contains(&Family::Membership) {
+        // Complete any replacement the last fault left half done.
+        let mut log = membership::Log::default();
+        let deadline = Instant::now() + membership::FINAL_HEAL_BUDGET;
+        if let Err(e) = membership::heal(db, &drain_client, deadline, &mut log).await {
+            return Err(format!("healing the membership: {e}; steps: {}", log.steps().join("; ")));
+        }
+        if !log.steps().is_empty() {
+            println!("jepsen: membership healed: {}", log.steps().join("; "));
+        }
+    }
     workload::drain(&drain_client, history, Duration::from_secs(180)).await
 }
