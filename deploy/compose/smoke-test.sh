@@ -35,6 +35,7 @@ readonly compose_file=deploy/compose/docker-compose.3.yml
 export QUORUMQ_IMAGE=${QUORUMQ_IMAGE:-quorumq:local}
 # Any free host port, bound to loopback only.
 export QUORUMQ_BIND=127.0.0.1 QUORUMQ_PORT_1=0 QUORUMQ_PORT_2=0 QUORUMQ_PORT_3=0
+export QUORUMQ_HTTP_PORT_1=0 QUORUMQ_HTTP_PORT_2=0 QUORUMQ_HTTP_PORT_3=0
 
 # A project name of our own: lower-case letters and digits suit every
 # Compose version.
@@ -174,6 +175,15 @@ if [[ -x $host_cli ]]; then
         answer=$(timeout "$CMD_TIMEOUT" "$host_cli" --timeout 5s cluster node "$hostport" 2>&1) \
             || fail "node$n's published port $hostport does not answer from the host: $answer"
         [[ $answer == "node $n at node$n:700$n:"* ]] || fail "$hostport answered as another node: $answer"
+        # The HTTP endpoint (QUORUMQ_HTTP, port 900N) answers /health.
+        if command -v curl >/dev/null 2>&1; then
+            httpport=$(docker port "${containers[n - 1]}" "900$n/tcp" | head -n1) \
+                || fail "docker port node$n 900$n/tcp failed"
+            [[ -n $httpport ]] || fail "node$n's HTTP port 900$n is not published"
+            answer=$(timeout "$CMD_TIMEOUT" curl -sS --max-time 5 "http://$httpport/health" 2>&1) \
+                || fail "node$n's HTTP endpoint $httpport does not answer /health: $answer"
+            [[ $answer == ok ]] || fail "node$n's /health at $httpport answered: $answer"
+        fi
     done
     log "published ports answer from the host"
 else
