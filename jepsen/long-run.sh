@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The long fault-injection runs whose results go into jepsen/RESULTS.md:
-# every nemesis family (and all of them mixed) for TIME_LIMIT seconds each,
+# every nemesis family (and all of them mixed, membership included) for TIME_LIMIT seconds each,
 # on 3 and 5 nodes, on the local backend and on the Docker Compose cluster.
-# With the defaults (600 s) this takes about three hours. It prints one
+# With the defaults (600 s) this takes about four hours. It prints one
 # summary line per run and appends a Markdown table row for each to
 # $STORE/long-run-results.md.
 #
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 time_limit=${TIME_LIMIT:-600}
 nodes_list=${NODES:-"3 5"}
 backends=${BACKENDS:-"local compose"}
-families=${FAMILIES:-"kill pause partition restart kill,pause,partition,restart"}
+families=${FAMILIES:-"kill pause partition restart membership kill,pause,partition,restart,membership"}
 store=${STORE:-store}
 rate=${RATE:-200}
 
