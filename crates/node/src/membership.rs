@@ -28,26 +28,17 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// The members as the admin API lists them.
 pub fn members(raft: &Raft) -> Vec<pb::Member> {
-    let m = raft.metrics().borrow_watched().clone();
+    members_of(&raft.metrics().borrow_watched())
+}
+
+/// The members of the membership in `m`, as the admin API lists them.
+pub fn members_of(m: &openraft::RaftMetrics<TypeConfig>) -> Vec<pb::Member> {
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     membership
         .nodes()
         .map(|(id, node)| pb::Member { id: *id, address: node.addr.clone(), voter: voters.contains(id) })
         .collect()
-}
-
-/// NOT_LEADER (with the leader's address when known) unless this node is
-/// the leader.
-fn ensure_leader(raft: &Raft) -> Result<(), Status> {
-    let m = raft.metrics().borrow_watched().clone();
-    if m.state == ServerState::Leader {
-        return Ok(());
-    }
-    let leader = m
-        .current_leader
-        .and_then(|id| m.membership_config.membership().get_node(&id).map(|node| (id, node.addr.clone())));
-    Err(errors::not_leader(leader))
 }
 
 /// A membership change that failed: a rule of the change is FAILED_PRECONDITION,
@@ -87,7 +78,7 @@ pub async fn add_node(
         return Err(Status::invalid_argument("node ids start at 1"));
     }
     check_address(address)?;
-    ensure_leader(raft)?;
+    crate::service::require_leader(raft)?;
     let current = members(raft);
     if let Some(other) = current.iter().find(|m| m.address == address && m.id != id) {
         return Err(Status::failed_precondition(format!(
@@ -127,7 +118,7 @@ pub async fn add_node(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let m = raft.metrics().borrow_watched().clone();
-        ensure_leader(raft)?;
+        crate::service::require_leader(raft)?;
         let matched =
             m.replication.as_ref().and_then(|r| r.get(&id).cloned()).flatten().map_or(0, |log_id| log_id.index());
         if matched >= target {
@@ -163,7 +154,7 @@ pub async fn add_node(
 /// openraft hands leadership to the most up-to-date remaining voter once
 /// the change has committed.
 pub async fn remove_node(raft: &Raft, id: NodeId, timeout: Duration) -> Result<Vec<pb::Member>, Status> {
-    ensure_leader(raft)?;
+    crate::service::require_leader(raft)?;
     let current = members(raft);
     let Some(member) = current.iter().find(|m| m.id == id) else {
         return Err(Status::not_found(format!("node {id} is not a member of the cluster")));
@@ -194,7 +185,7 @@ pub async fn remove_node(raft: &Raft, id: NodeId, timeout: Duration) -> Result<V
 /// Hands leadership to voter `to` and waits until it has taken over.
 /// Returns the new leader's id, address and term.
 pub async fn transfer_leader(raft: &Raft, to: NodeId, timeout: Duration) -> Result<(NodeId, String, u64), Status> {
-    ensure_leader(raft)?;
+    crate::service::require_leader(raft)?;
     let current = members(raft);
     let Some(target) = current.iter().find(|m| m.id == to) else {
         return Err(Status::not_found(format!("node {to} is not a member of the cluster")));

@@ -59,22 +59,21 @@ fn write_timeout<T>(request: &Request<T>) -> Duration {
 /// How long a membership change may take: the caller's budget (adding a
 /// node waits for it to copy the log), or a default.
 fn membership_timeout<T>(request: &Request<T>) -> Duration {
-    request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .map(|d| (d * 9 / 10).min(limits::MEMBERSHIP_TIMEOUT_MAX))
-        .unwrap_or(limits::MEMBERSHIP_TIMEOUT_DEFAULT)
+    budget_capped(request, limits::MEMBERSHIP_TIMEOUT_MAX).unwrap_or(limits::MEMBERSHIP_TIMEOUT_DEFAULT)
 }
 
 fn caller_budget<T>(request: &Request<T>) -> Option<Duration> {
+    budget_capped(request, limits::WRITE_TIMEOUT_MAX)
+}
+
+/// 90% of the caller's `grpc-timeout`, at most `max`.
+fn budget_capped<T>(request: &Request<T>, max: Duration) -> Option<Duration> {
     request
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map(|d| (d * 9 / 10).min(limits::WRITE_TIMEOUT_MAX))
+        .map(|d| (d * 9 / 10).min(max))
 }
 
 fn parse_grpc_timeout(s: &str) -> Option<Duration> {
@@ -95,16 +94,22 @@ fn check_queue_name(name: &str) -> Result<(), Status> {
     qsm::validate_queue_name(name).map_err(|e| errors::queue_error(&e))
 }
 
-impl NodeCtx {
-    fn leader_hint(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        let leader = metrics.current_leader?;
-        let node = metrics.membership_config.membership().get_node(&leader)?.clone();
-        Some((leader, node.addr))
-    }
+/// The leader this node knows, with its address.
+fn leader_hint(raft: &Raft) -> Option<(NodeId, String)> {
+    let metrics = raft.metrics().borrow_watched().clone();
+    let leader = metrics.current_leader?;
+    let node = metrics.membership_config.membership().get_node(&leader)?.clone();
+    Some((leader, node.addr))
+}
 
+/// NOT_LEADER, with the leader's address when known, unless this node leads.
+pub(crate) fn require_leader(raft: &Raft) -> Result<(), Status> {
+    if raft.is_leader() { Ok(()) } else { Err(errors::not_leader(leader_hint(raft))) }
+}
+
+impl NodeCtx {
     pub(crate) fn require_leader(&self) -> Result<(), Status> {
-        if self.raft.is_leader() { Ok(()) } else { Err(errors::not_leader(self.leader_hint())) }
+        require_leader(&self.raft)
     }
 
     /// Proposes a command and waits until it is committed by a majority and
@@ -580,11 +585,7 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<admin_pb::NodeStatusResponse>, Status> {
         let m = self.ctx.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| admin_pb::Member { id: *id, address: node.addr.clone(), voter: voters.contains(id) })
-            .collect();
+        let members = crate::membership::members_of(&m);
         let leader_address =
             m.current_leader.and_then(|id| membership.get_node(&id).map(|n| n.addr.clone())).unwrap_or_default();
         let initialized = m.last_log_index.is_some() || m.vote.leader_id().term > 0;
