@@ -28,6 +28,7 @@
 //! assert_eq!(deliveries[0].receipt.receive_count, 1);
 //! ```
 
+mod compact;
 pub mod limits;
 mod state;
 mod types;

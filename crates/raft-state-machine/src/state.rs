@@ -8,6 +8,8 @@ use serde::Serialize;
 use sha2::Digest;
 use sha2::Sha256;
 
+use crate::compact::Messages;
+use crate::compact::ReadySet;
 use crate::limits;
 use crate::types::*;
 
@@ -32,12 +34,12 @@ struct Queue {
     config: QueueConfig,
     created_at_ms: u64,
     next_seq: u64,
-    /// Every live message, by sequence number.
-    messages: BTreeMap<u64, MessageMeta>,
+    /// Every live message, by sequence number (compact: see compact.rs).
+    messages: Messages,
     /// Standard queues: visible messages in delivery order, `(9 - priority,
     /// seq)`: higher priority first, FIFO within a priority. A message made
     /// visible again returns to its original place.
-    ready: BTreeSet<(u8, u64)>,
+    ready: ReadySet,
     /// FIFO queues: message groups.
     groups: Groups,
     /// Messages waiting for a delay or a redelivery backoff: `(visible_at,
@@ -65,30 +67,30 @@ struct Queue {
 type IdHash = [u8; 16];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-enum MessageState {
+pub(crate) enum MessageState {
     Ready,
     Delayed { visible_at_ms: u64 },
     InFlight { deadline_ms: u64, received_at_ms: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct MessageMeta {
-    state: MessageState,
-    receive_count: u32,
-    priority: u8,
+pub(crate) struct MessageMeta {
+    pub(crate) state: MessageState,
+    pub(crate) receive_count: u32,
+    pub(crate) priority: u8,
     /// FIFO queues: the message's group (an id local to the queue).
-    group: Option<u32>,
-    body_bytes: u32,
+    pub(crate) group: Option<u32>,
+    pub(crate) body_bytes: u32,
     /// When it was first sent (kept across dead-letter moves).
-    sent_at_ms: u64,
+    pub(crate) sent_at_ms: u64,
     /// When it entered this queue: retention and the queue's TTL count from
     /// here.
-    enqueued_at_ms: u64,
-    first_received_at_ms: u64,
+    pub(crate) enqueued_at_ms: u64,
+    pub(crate) first_received_at_ms: u64,
     /// Its own expiry, if it has a TTL of its own.
-    expires_at_ms: Option<u64>,
+    pub(crate) expires_at_ms: Option<u64>,
     /// A dead-lettered message: the queue it came from (for redrive).
-    source_queue: Option<QueueId>,
+    pub(crate) source_queue: Option<QueueId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,12 +187,28 @@ impl State {
         self.now_ms
     }
 
-    /// Applies one command. Effects are appended to `effects`, in the order
-    /// the node must carry them out.
+    /// Applies one log entry's command. Effects are appended to `effects`,
+    /// in the order the node must carry them out.
+    ///
+    /// The commands of a [`Command::Batch`] are applied one after the other
+    /// at the entry's time, each exactly as if it were an entry of its own
+    /// with that time (the clock is monotonic, so it stays put within the
+    /// batch); their effects follow each other in the same order.
     pub fn apply(&mut self, request: Request, effects: &mut Vec<Effect>) -> Response {
         self.now_ms = self.now_ms.max(request.now_ms);
         let now = self.now_ms;
         match request.command {
+            Command::Batch(commands) => Ok(Outcome::Batch(
+                commands.into_iter().map(|command| self.apply_command(command, now, effects)).collect(),
+            )),
+            command => self.apply_command(command, now, effects),
+        }
+    }
+
+    /// Applies one command at `now`; a batch here is one inside a batch.
+    fn apply_command(&mut self, command: Command, now: u64, effects: &mut Vec<Effect>) -> Response {
+        match command {
+            Command::Batch(_) => Err(QueueError::InvalidArgument("a batch of commands cannot contain a batch".into())),
             Command::CreateQueue { name, config } => self.create_queue(name, config, now),
             Command::SetQueue { name, update } => self.set_queue(name, update, now),
             Command::DeleteQueue { name } => {
@@ -393,13 +411,13 @@ impl State {
                 .messages
                 .iter()
                 .filter(|(_, m)| !matches!(m.state, MessageState::InFlight { .. }))
-                .map(|(&seq, _)| seq)
+                .map(|(seq, _)| seq)
                 .collect();
             for seq in candidates {
                 if leaving.len() as u32 >= max {
                     break;
                 }
-                let meta = source.messages[&seq];
+                let meta = source.meta(seq);
                 let target = match &to {
                     Some(to) => Some(to.clone()),
                     None => meta.source_queue.and_then(|id| names_by_id.get(&id).cloned()),
@@ -490,7 +508,7 @@ impl State {
     pub fn is_in_flight(&self, name: &str, receipt: &Receipt) -> bool {
         self.queues.get(name).is_some_and(|q| {
             q.id == receipt.queue_id
-                && q.messages.get(&receipt.seq.0).is_some_and(|m| {
+                && q.messages.get(receipt.seq.0).is_some_and(|m| {
                     m.receive_count == receipt.receive_count
                         && matches!(m.state, MessageState::InFlight { deadline_ms, .. } if deadline_ms > self.now_ms)
                 })
@@ -517,7 +535,7 @@ impl State {
     pub fn message_keys(&self) -> impl Iterator<Item = (QueueId, Seq)> + '_ {
         let mut queues: Vec<&Queue> = self.queues.values().collect();
         queues.sort_by_key(|q| q.id);
-        queues.into_iter().flat_map(|q| q.messages.keys().map(move |&seq| (q.id, Seq(seq))))
+        queues.into_iter().flat_map(|q| q.messages.keys().map(move |seq| (q.id, Seq(seq))))
     }
 
     /// Total live messages across queues.
@@ -572,8 +590,8 @@ impl Queue {
             config,
             created_at_ms: now,
             next_seq: 1,
-            messages: BTreeMap::new(),
-            ready: BTreeSet::new(),
+            messages: Messages::default(),
+            ready: ReadySet::default(),
             groups: Groups::default(),
             delayed: BTreeSet::new(),
             in_flight: BTreeSet::new(),
@@ -594,7 +612,7 @@ impl Queue {
             timed_out += 1;
             if let Some(b) = self.config.redelivery_backoff
                 && now_ms - deadline < b.max_ms
-                && deadline.saturating_add(b.delay_ms(self.messages[&seq].receive_count)) > now_ms
+                && deadline.saturating_add(b.delay_ms(self.meta(seq).receive_count)) > now_ms
             {
                 backing_off += 1;
             }
@@ -621,7 +639,7 @@ impl Queue {
                 dropped_total: self.counters.dropped_total,
                 rejected_total: self.counters.rejected_total,
                 oldest_sent_at_ms: [
-                    self.messages.values().next().map(|m| m.sent_at_ms),
+                    self.messages.first().map(|(_, m)| m.sent_at_ms),
                     self.resent.first().map(|&(at, _)| at),
                 ]
                 .into_iter()
@@ -630,6 +648,11 @@ impl Queue {
                 .unwrap_or(0),
             },
         }
+    }
+
+    /// The metadata of a live message.
+    fn meta(&self, seq: u64) -> MessageMeta {
+        self.messages.get(seq).expect("message exists")
     }
 
     fn purge(&mut self) {
@@ -665,7 +688,7 @@ impl Queue {
                 if next.is_some_and(|n| n <= at) {
                     break;
                 }
-                let due = match self.messages[&seq].state {
+                let due = match self.meta(seq).state {
                     MessageState::InFlight { deadline_ms, .. } => at.max(deadline_ms),
                     _ => {
                         next = Some(next.map_or(at, |n| n.min(at)));
@@ -678,7 +701,7 @@ impl Queue {
         // Retention and the queue's TTL, in seq order (which is the order
         // of entry times), then each message's own TTL.
         let lifetime = self.lifetime_ms();
-        scan(&mut self.messages.iter().map(|(&seq, m)| (m.enqueued_at_ms.saturating_add(lifetime), seq)));
+        scan(&mut self.messages.iter().map(|(seq, m)| (m.enqueued_at_ms.saturating_add(lifetime), seq)));
         scan(&mut self.ttl.iter().copied());
         next
     }
@@ -693,7 +716,7 @@ impl Queue {
     /// Removes a message from the state index it is in (and its group's
     /// availability), leaving `messages` and the group membership alone.
     fn unindex(&mut self, seq: u64) {
-        let meta = self.messages[&seq];
+        let meta = self.meta(seq);
         match meta.state {
             MessageState::Ready => {
                 if !self.config.fifo {
@@ -714,8 +737,7 @@ impl Queue {
 
     /// Sets a message's state and indexes it there.
     fn set_state(&mut self, seq: u64, state: MessageState) {
-        let meta = self.messages.get_mut(&seq).expect("message exists");
-        meta.state = state;
+        let meta = self.messages.update(seq, |meta| meta.state = state);
         let (priority, group) = (meta.priority, meta.group);
         match state {
             MessageState::Ready => {
@@ -750,7 +772,7 @@ impl Queue {
             self.groups.available.remove(&(key, g));
         }
         let Some(&head) = group.members.first() else { return };
-        if group.in_flight == 0 && self.messages[&head].state == MessageState::Ready {
+        if group.in_flight == 0 && self.messages.get(head).is_some_and(|m| m.state == MessageState::Ready) {
             group.available_at = Some(head);
             self.groups.available.insert((head, g));
         }
@@ -760,7 +782,7 @@ impl Queue {
     /// The caller emits the storage effect.
     fn unlink(&mut self, seq: u64) -> MessageMeta {
         self.unindex(seq);
-        let meta = self.messages.remove(&seq).expect("message exists");
+        let meta = self.messages.remove(seq).expect("message exists");
         if let Some(at) = meta.expires_at_ms {
             self.ttl.remove(&(at, seq));
         }
@@ -861,7 +883,7 @@ impl Queue {
             if deadline > now {
                 break;
             }
-            let receive_count = self.messages[&seq].receive_count;
+            let receive_count = self.meta(seq).receive_count;
             let state = match self.config.redelivery_backoff {
                 Some(b) => MessageState::Delayed { visible_at_ms: deadline.saturating_add(b.delay_ms(receive_count)) },
                 None => MessageState::Ready,
@@ -887,11 +909,11 @@ impl Queue {
             .messages
             .iter()
             .take_while(|(_, m)| m.enqueued_at_ms.saturating_add(lifetime) <= now)
-            .map(|(&seq, _)| seq)
+            .map(|(seq, _)| seq)
             .collect();
         due.extend(self.ttl.range(..=(now, u64::MAX)).map(|&(_, seq)| seq));
         for seq in due {
-            if !matches!(self.messages[&seq].state, MessageState::InFlight { .. }) {
+            if !matches!(self.meta(seq).state, MessageState::InFlight { .. }) {
                 self.dead_letter_or_drop(seq, DeadLetterReason::Expired, ctx);
             }
         }
@@ -899,7 +921,7 @@ impl Queue {
     }
 
     fn is_visible(&self, seq: u64, now: u64) -> bool {
-        match self.messages[&seq].state {
+        match self.meta(seq).state {
             MessageState::Ready => true,
             MessageState::Delayed { visible_at_ms } => visible_at_ms <= now,
             MessageState::InFlight { .. } => false,
@@ -907,14 +929,14 @@ impl Queue {
     }
 
     fn is_expired(&self, seq: u64, now: u64) -> bool {
-        self.expires_at(&self.messages[&seq]) <= now
+        self.expires_at(&self.meta(seq)) <= now
     }
 
     /// Removes a message for `reason`, moving it to the dead-letter queue if
     /// the queue has one that exists, else dropping it.
     fn dead_letter_or_drop(&mut self, seq: u64, reason: DeadLetterReason, ctx: &mut Ctx) {
         let target = self.config.dead_letter.as_ref().map(|p| p.queue.clone()).filter(|t| ctx.existing.contains(t));
-        let group = self.group_name(&self.messages[&seq]);
+        let group = self.group_name(&self.meta(seq));
         let meta = self.unlink(seq);
         // Removing a FIFO message may free its group (as acking does).
         ctx.woke |= self.config.fifo;
@@ -1085,7 +1107,7 @@ impl Queue {
         let mut count = self.messages.len() as u64 + 1;
         let mut total = self.counters.bytes + bytes;
         let mut plan = Vec::new();
-        for (&seq, m) in &self.messages {
+        for (seq, m) in self.messages.iter() {
             if fits(count, total) {
                 return Some(plan);
             }
@@ -1164,7 +1186,7 @@ impl Queue {
             deliveries.push(delivery);
             // FIFO: the group's next messages follow in order in the same
             // Receive, as long as they are ready.
-            if let Some(g) = self.messages[&seq].group {
+            if let Some(g) = self.meta(seq).group {
                 let mut last = seq;
                 while deliveries.len() < max {
                     let Some(next) =
@@ -1172,7 +1194,7 @@ impl Queue {
                     else {
                         break;
                     };
-                    if self.messages[&next].state != MessageState::Ready {
+                    if self.meta(next).state != MessageState::Ready {
                         break;
                     }
                     last = next;
@@ -1193,17 +1215,17 @@ impl Queue {
             self.dead_letter_or_drop(seq, DeadLetterReason::Expired, ctx);
             return None;
         }
-        if max_receives.is_some_and(|max| self.messages[&seq].receive_count >= max) {
+        if max_receives.is_some_and(|max| self.meta(seq).receive_count >= max) {
             self.dead_letter_or_drop(seq, DeadLetterReason::MaxReceives, ctx);
             return None;
         }
         self.move_to(seq, MessageState::InFlight { deadline_ms: deadline, received_at_ms: now });
-        let meta = self.messages.get_mut(&seq).expect("message exists");
-        if meta.receive_count == 0 {
-            meta.first_received_at_ms = now;
-        }
-        meta.receive_count = meta.receive_count.saturating_add(1);
-        let meta = *meta;
+        let meta = self.messages.update(seq, |meta| {
+            if meta.receive_count == 0 {
+                meta.first_received_at_ms = now;
+            }
+            meta.receive_count = meta.receive_count.saturating_add(1);
+        });
         self.counters.received_total += 1;
         Some(Delivery {
             receipt: Receipt { queue_id: self.id, seq: Seq(seq), receive_count: meta.receive_count },
@@ -1219,7 +1241,7 @@ impl Queue {
     /// with the oldest head.
     fn next_deliverable(&self) -> Option<u64> {
         if !self.config.fifo {
-            return self.ready.first().map(|&(_, seq)| seq);
+            return self.ready.first().map(|(_, seq)| seq);
         }
         self.groups.available.first().map(|&(head, _)| head)
     }
@@ -1233,9 +1255,9 @@ impl Queue {
         if receipt.seq.0 == 0 || receipt.seq.0 >= self.next_seq || receipt.receive_count == 0 {
             return Err(QueueError::UnknownReceipt);
         }
-        match self.messages.get(&receipt.seq.0) {
+        match self.messages.get(receipt.seq.0) {
             None => Ok(None),
-            Some(meta) if meta.receive_count == receipt.receive_count => Ok(Some(*meta)),
+            Some(meta) if meta.receive_count == receipt.receive_count => Ok(Some(meta)),
             Some(meta) if meta.receive_count > receipt.receive_count => Err(QueueError::StaleReceipt {
                 receipt_count: receipt.receive_count,
                 current_count: meta.receive_count,
@@ -1305,7 +1327,7 @@ impl Queue {
     fn check_invariants(&self) -> Result<(), String> {
         let (mut ready, mut delayed, mut in_flight) = (0usize, 0usize, 0usize);
         let mut bytes = 0u64;
-        for (&seq, meta) in &self.messages {
+        for (seq, meta) in self.messages.iter() {
             if seq == 0 || seq >= self.next_seq {
                 return Err(format!("message {seq} outside 1..{}", self.next_seq));
             }
@@ -1362,7 +1384,7 @@ impl Queue {
             .messages
             .iter()
             .filter(|(_, m)| m.sent_at_ms < m.enqueued_at_ms)
-            .map(|(&seq, m)| (m.sent_at_ms, seq))
+            .map(|(seq, m)| (m.sent_at_ms, seq))
             .collect();
         if resent != self.resent {
             return Err("the index of messages sent before they entered the queue is wrong".into());
@@ -1381,16 +1403,14 @@ impl Queue {
             if group.members.is_empty() {
                 return Err(format!("group {g} is empty but kept"));
             }
-            let flying = group
-                .members
-                .iter()
-                .filter(|s| matches!(self.messages[s].state, MessageState::InFlight { .. }))
-                .count() as u32;
+            let flying =
+                group.members.iter().filter(|&&s| matches!(self.meta(s).state, MessageState::InFlight { .. })).count()
+                    as u32;
             if flying != group.in_flight {
                 return Err(format!("group {g}: {flying} in flight, counted {}", group.in_flight));
             }
             let head = *group.members.first().expect("not empty");
-            let available = flying == 0 && self.messages[&head].state == MessageState::Ready;
+            let available = flying == 0 && self.meta(head).state == MessageState::Ready;
             if available != group.available_at.is_some() || available != self.groups.available.contains(&(head, *g)) {
                 return Err(format!("group {g}: availability index is wrong"));
             }

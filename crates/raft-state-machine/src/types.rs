@@ -458,6 +458,12 @@ pub enum Command {
     /// in every queue. The leader proposes it when `State::next_due_ms`
     /// has passed.
     Tick,
+    /// Several commands in one log entry (the node's group commit, see
+    /// `crates/node/src/batcher.rs`), applied in order at the entry's time,
+    /// each exactly as it would be on its own. The outcome is
+    /// [`Outcome::Batch`], one result per command: one failing command does
+    /// not fail the others. A batch inside a batch fails (InvalidArgument).
+    Batch(Vec<Command>),
 }
 
 /// The payload of one Raft log entry: a command and the leader's clock when
@@ -484,6 +490,7 @@ impl fmt::Display for Request {
             }
             Command::Redrive { queue, max_messages, .. } => write!(f, "redrive({queue}, max {max_messages})"),
             Command::Tick => write!(f, "tick"),
+            Command::Batch(commands) => write!(f, "batch({} commands)", commands.len()),
         }?;
         write!(f, "@{}", self.now_ms)
     }
@@ -571,6 +578,8 @@ pub enum Outcome {
         remaining: u64,
         skipped: u64,
     },
+    /// Per command of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 /// What the client gets back for one log entry.

@@ -637,7 +637,13 @@ impl Model {
     fn apply(&mut self, request: &Request) -> (Response, Vec<Effect>) {
         self.now = self.now.max(request.now_ms);
         let mut effects = Vec::new();
-        let response = self.command(&request.command, &mut effects);
+        let response = match &request.command {
+            // A batch: its commands one after the other, at the same time.
+            Command::Batch(commands) => {
+                Ok(Outcome::Batch(commands.iter().map(|c| self.command(c, &mut effects)).collect()))
+            }
+            command => self.command(command, &mut effects),
+        };
         (response, effects)
     }
 
@@ -740,6 +746,8 @@ impl Model {
     fn command(&mut self, command: &Command, effects: &mut Vec<Effect>) -> Response {
         let now = self.now;
         match command {
+            // Only a batch inside a batch gets here.
+            Command::Batch(_) => Err(invalid()),
             Command::CreateQueue { name, config } => {
                 if !model_name_ok(name) {
                     return Err(QueueError::InvalidQueueName { name: name.clone() });
@@ -969,6 +977,7 @@ fn normalise(response: Response) -> Response {
         Ok(Outcome::Receipts(results)) => {
             Ok(Outcome::Receipts(results.into_iter().map(|r| r.map_err(error)).collect()))
         }
+        Ok(Outcome::Batch(results)) => Ok(Outcome::Batch(results.into_iter().map(normalise).collect())),
         Ok(other) => Ok(other),
     }
 }
@@ -1268,6 +1277,9 @@ enum Op {
     Tick,
     /// Replace the real state by a postcard round trip of itself.
     Snapshot,
+    /// Several commands in one entry (`Command::Batch`); a snapshot inside
+    /// is left out, a batch inside is proposed as it is (and fails).
+    Batch(Vec<Op>),
 }
 
 #[derive(Clone, Debug)]
@@ -1353,6 +1365,19 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A single command, or now and then a batch of them (rarely with a batch
+/// inside).
+fn op_or_batch() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => op(),
+        3 => proptest::collection::vec(op(), 0..8).prop_map(Op::Batch),
+        1 => (proptest::collection::vec(op(), 0..3), proptest::collection::vec(op(), 0..3)).prop_map(|(mut a, b)| {
+            a.push(Op::Batch(b));
+            Op::Batch(a)
+        }),
+    ]
+}
+
 fn clock() -> impl Strategy<Value = Clock> {
     prop_oneof![
         4 => Just(Clock::Same),
@@ -1368,7 +1393,7 @@ fn clock() -> impl Strategy<Value = Clock> {
 /// steps (so that each may name the ones before as dead-letter queue), and
 /// the steps.
 fn steps() -> impl Strategy<Value = ([QueueConfig; 3], Vec<Step>)> {
-    let step = (clock(), op()).prop_map(|(clock, op)| Step { clock, op });
+    let step = (clock(), op_or_batch()).prop_map(|(clock, op)| Step { clock, op });
     let setup = (valid_config(&["a"]), valid_config(&["c"]), valid_config(&["b", "c"])).prop_map(|(mut c, b, a)| {
         // "c" names "a", which does not exist yet: mostly no dead-letter queue.
         c.dead_letter = None;
@@ -1446,11 +1471,18 @@ impl Run {
             Clock::NextEvent(offset) => self.next_event().saturating_add_signed(offset.into()),
         };
         self.last_now = now_ms;
+        let command = self.command_of(&step.op)?;
+        Some(Request { now_ms, command })
+    }
+
+    /// The command of an operation (none for a snapshot). Receipts are
+    /// resolved against what was delivered before the step.
+    fn command_of(&self, op: &Op) -> Option<Command> {
         let name = |queue: usize| NAMES[queue].to_string();
         let receipts = |queue: usize, picks: &[ReceiptPick]| {
             picks.iter().map(|p| self.resolve(NAMES[queue], p)).collect::<Vec<_>>()
         };
-        let command = match &step.op {
+        let command = match op {
             Op::Create { queue, config } => Command::CreateQueue { name: name(*queue), config: config.clone() },
             Op::SetQueue { queue, update } => Command::SetQueue { name: name(*queue), update: update.clone() },
             Op::Delete { queue } => Command::DeleteQueue { name: name(*queue) },
@@ -1480,8 +1512,9 @@ impl Run {
             }
             Op::Tick => Command::Tick,
             Op::Snapshot => return None,
+            Op::Batch(ops) => Command::Batch(ops.iter().filter_map(|op| self.command_of(op)).collect()),
         };
-        Some(Request { now_ms, command })
+        Some(command)
     }
 
     /// Applies one step; `label` names it in failure messages.
@@ -1491,13 +1524,23 @@ impl Run {
             return self.compare(&format!("{label}: snapshot round trip"));
         };
         let what = format!("{label}: {request:?}");
+        let before = matches!(request.command, Command::Batch(_)).then(|| self.state.clone());
         let mut effects = Vec::new();
         let response = self.state.apply(request.clone(), &mut effects);
         let (expected, expected_effects) = self.model.apply(&request);
         prop_assert_eq!(normalise(response.clone()), expected, "response of {}", what);
         prop_assert_eq!(&effects, &expected_effects, "effects of {}", what);
-        if let Ok(Outcome::Received { deliveries, .. }) = &response {
-            self.delivered.extend(deliveries.iter().map(|d| d.receipt));
+        if let Some(before) = before {
+            batch_matches_sequential(before, &request, &response, &effects, &self.state, &what)?;
+        }
+        let results = match &response {
+            Ok(Outcome::Batch(results)) => results.iter().collect(),
+            single => vec![single],
+        };
+        for result in results {
+            if let Ok(Outcome::Received { deliveries, .. }) = result {
+                self.delivered.extend(deliveries.iter().map(|d| d.receipt));
+            }
         }
         self.store.carry_out(&effects)?;
         if matches!(request.command, Command::Tick) {
@@ -1554,6 +1597,39 @@ impl Run {
         prop_assert_eq!(state.message_count(), records.len() as u64, "message_count after {}", what);
         Ok(())
     }
+}
+
+/// A batch, applied to the real state, does exactly what its commands do
+/// applied one by one as entries of their own with the batch's time: same
+/// results, same effects in the same order, same state after. A batch inside
+/// fails alone and changes nothing.
+fn batch_matches_sequential(
+    mut state: State,
+    request: &Request,
+    response: &Response,
+    effects: &[Effect],
+    after: &State,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    let Command::Batch(commands) = &request.command else { unreachable!("called for batches") };
+    let mut sequential_effects = Vec::new();
+    let mut results = Vec::new();
+    // The entry's time moves the clock even when nothing in it applies (an
+    // empty batch, or only batches inside); the model checks that part.
+    let empty = state.apply(Request { now_ms: request.now_ms, command: Command::Batch(Vec::new()) }, &mut Vec::new());
+    prop_assert_eq!(empty, Ok(Outcome::Batch(Vec::new())));
+    for command in commands {
+        if let Command::Batch(_) = command {
+            results.push(Err(QueueError::InvalidArgument("a batch of commands cannot contain a batch".into())));
+            continue;
+        }
+        let one = Request { now_ms: request.now_ms, command: command.clone() };
+        results.push(state.apply(one, &mut sequential_effects));
+    }
+    prop_assert_eq!(response, &Ok(Outcome::Batch(results)), "batch results vs one by one, {}", what);
+    prop_assert_eq!(effects, &sequential_effects[..], "batch effects vs one by one, {}", what);
+    prop_assert_eq!(after, &state, "state after the batch vs one by one, {}", what);
+    Ok(())
 }
 
 fn snapshot_round_trip(state: &State) -> Result<State, TestCaseError> {

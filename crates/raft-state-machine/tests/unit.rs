@@ -2144,3 +2144,115 @@ fn snapshot_with_every_structure_populated_round_trips() {
     assert_eq!(restored, h.state);
     restored.check_invariants().expect("still consistent");
 }
+
+// ---------------------------------------------------------------- batches
+
+fn batch_results(h: &mut Harness, now_ms: u64, commands: Vec<Command>) -> Vec<Response> {
+    match h.apply(now_ms, Command::Batch(commands)) {
+        Ok(Outcome::Batch(results)) => results,
+        other => panic!("a batch always succeeds as a whole, got {other:?}"),
+    }
+}
+
+#[test]
+fn batch_applies_each_command_with_its_own_result() {
+    // Proves a batch of mixed commands applies them in order, one failing (unknown queue, stale or malformed receipts, a request-level error) without touching the others, and emits their effects in order.
+    let mut h = Harness::with_queue(config(1_000, 60_000));
+    let first = h.send_one(1, "old");
+    let stale = h.receive(2, 1, Some(0))[0].receipt;
+    let current = h.receive(3, 1, None)[0].receipt;
+    assert!(current.receive_count > stale.receive_count);
+
+    let results = batch_results(
+        &mut h,
+        10,
+        vec![
+            send_cmd("q", vec![msg(Some("a"), "one")]),
+            send_cmd("missing", vec![msg(None, "lost")]),
+            ack(vec![stale]),
+            ack(Vec::new()),
+            send_cmd("q", vec![msg(Some("a"), "again"), msg(None, "two")]),
+            ack(vec![current]),
+            receive_cmd("q", 10, None),
+        ],
+    );
+    assert_eq!(results.len(), 7);
+    let Ok(Outcome::Sent { queue_id, results: sent }) = &results[0] else { panic!("{:?}", results[0]) };
+    assert_eq!(sent, &vec![Ok(Sent { seq: Seq(2), duplicate: false })]);
+    assert_eq!(results[1], Err(QueueError::QueueNotFound { name: "missing".into() }));
+    assert!(matches!(&results[2], Ok(Outcome::Receipts(r)) if matches!(r[..], [Err(QueueError::StaleReceipt { .. })])));
+    assert!(is_invalid_argument(&results[3]));
+    let Ok(Outcome::Sent { results: sent, .. }) = &results[4] else { panic!("{:?}", results[4]) };
+    assert_eq!(sent, &vec![Ok(Sent { seq: Seq(2), duplicate: true }), Ok(Sent { seq: Seq(3), duplicate: false })]);
+    assert_eq!(results[5], Ok(Outcome::Receipts(vec![Ok(())])));
+    let Ok(Outcome::Received { deliveries, .. }) = &results[6] else { panic!("{:?}", results[6]) };
+    assert_eq!(seqs(deliveries), vec![2, 3], "the ack earlier in the batch removed seq {}", first.0);
+    assert!(deliveries.iter().all(|d| d.sent_at_ms == 10 && d.visible_again_at_ms == 1_010));
+    assert_eq!(
+        h.effects,
+        vec![
+            Effect::PutMessage { queue_id: *queue_id, seq: Seq(2), record: record(Some("a"), 10, "one") },
+            available("q"),
+            Effect::PutMessage { queue_id: *queue_id, seq: Seq(3), record: record(None, 10, "two") },
+            available("q"),
+            Effect::DeleteMessage { queue_id: *queue_id, seq: first },
+        ]
+    );
+    assert_eq!(h.stats(10).in_flight, 2);
+}
+
+#[test]
+fn batch_inside_a_batch_fails_alone() {
+    // Proves a nested batch is refused (InvalidArgument) and changes nothing, while the commands around it apply; an empty batch is a no-op.
+    let mut h = Harness::with_queue(QueueConfig::default());
+    let results = batch_results(
+        &mut h,
+        5,
+        vec![
+            send_cmd("q", vec![msg(None, "x")]),
+            Command::Batch(vec![send_cmd("q", vec![msg(None, "nested")])]),
+            send_cmd("q", vec![msg(None, "y")]),
+        ],
+    );
+    assert!(is_invalid_argument(&results[1]), "{:?}", results[1]);
+    assert!(matches!(results[0], Ok(Outcome::Sent { .. })) && matches!(results[2], Ok(Outcome::Sent { .. })));
+    assert_eq!(h.stats(5).ready, 2);
+    assert_eq!(batch_results(&mut h, 6, Vec::new()), Vec::<Response>::new());
+    assert!(h.effects.is_empty());
+    assert_eq!(h.state.now_ms(), 6);
+}
+
+#[test]
+fn batch_uses_one_time_for_all_its_commands() {
+    // Proves every command of a batch runs at the entry's time (made monotonic), so a batch is the same as its commands applied one by one at that time, effects and state included.
+    let commands = vec![
+        create("other", QueueConfig::default()),
+        send_cmd("q", vec![msg(Some("m"), "1"), NewMessage { delay_ms: Some(50), ..msg(None, "d") }]),
+        receive_cmd("q", 1, Some(100)),
+        send_cmd("other", vec![msg(None, "o")]),
+        Command::PurgeQueue { name: "other".into() },
+        Command::Tick,
+        Command::DeleteQueue { name: "nope".into() },
+    ];
+    let mut batched = Harness::with_queue(QueueConfig::default());
+    let mut single = Harness::with_queue(QueueConfig::default());
+    batched.apply(1_000, Command::Tick).unwrap();
+    single.apply(1_000, Command::Tick).unwrap();
+    // Behind the state's clock: every command runs at 1,000.
+    let results = batch_results(&mut batched, 900, commands.clone());
+    let mut effects = Vec::new();
+    for (command, result) in commands.into_iter().zip(results) {
+        assert_eq!(single.apply(900, command), result);
+        effects.append(&mut single.effects);
+    }
+    assert_eq!(batched.effects, effects);
+    assert_eq!(batched.state, single.state);
+    assert_eq!(batched.state.now_ms(), 1_000);
+}
+
+#[test]
+fn batch_request_displays_its_size() {
+    // Proves a batch entry is named by its command count in logs.
+    let request = Request { now_ms: 3, command: Command::Batch(vec![Command::Tick, Command::Tick]) };
+    assert_eq!(request.to_string(), "batch(2 commands)@3");
+}
