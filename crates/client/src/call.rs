@@ -73,6 +73,8 @@ impl Client {
         let mut target = router.first_target();
         let mut ambiguous = false;
         let mut redirects = 0u32;
+        let mut failovers = 0u32;
+        let mut probe = None;
         let mut attempts = 0u32;
         let mut last_error: Option<Error> = None;
         loop {
@@ -94,7 +96,7 @@ impl Client {
                 Ok(Ok(response)) => {
                     // Queue operations are served by the leader only, so the
                     // node that answered is the leader.
-                    router.set_leader(&target);
+                    router.confirm_leader(&target);
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) => classify(&status),
@@ -109,6 +111,21 @@ impl Client {
             };
             match failure {
                 Failure::Final(error) => return Err(CallFailure { error, ambiguous }),
+                Failure::NotLeader { hint: Some(hint), proposed } if router.recently_failed(&hint.address) => {
+                    // The hint names a node that failed here a moment ago:
+                    // the cluster has not noticed yet (its election timeout
+                    // is still running). Going there would cost a refused
+                    // connection, or a whole connect timeout behind a
+                    // silent network; look for the next leader instead.
+                    ambiguous |= proposed;
+                    tracing::debug!(op, from = %target, leader = %hint.address, "not the leader; its hint names a node that just failed");
+                    last_error = Some(Error::Unavailable(format!(
+                        "{target} is not the leader; it named {}, which failed",
+                        hint.address
+                    )));
+                    router.forget_leader(&hint.address);
+                    target = router.next_after(&target);
+                }
                 Failure::NotLeader { hint: Some(hint), proposed } => {
                     ambiguous |= proposed;
                     tracing::debug!(op, from = %target, leader = %hint.address, leader_id = ?hint.id, "not the leader; following hint");
@@ -136,8 +153,16 @@ impl Client {
                     tracing::debug!(op, node = %target, %error, "node failed; trying the next node");
                     router.drop_channel(&target);
                     router.forget_leader(&target);
+                    router.mark_failed(&target);
                     last_error = Some(error);
-                    target = router.next_after(&target);
+                    let next = router.next_after(&target);
+                    let failed = std::mem::replace(&mut target, next);
+                    // Another node is probably up: try each other node once
+                    // at once before pausing.
+                    if target != failed && (failovers as usize) + 1 < router.known_len() {
+                        failovers += 1;
+                        continue;
+                    }
                 }
                 Failure::Unknown { error } => {
                     // The request ran out of time with its fate unknown: no
@@ -154,8 +179,30 @@ impl Client {
                 }
             }
             redirects = 0;
-            let pause = backoff.next_pause().min(deadline_at.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(pause).await;
+            failovers = 0;
+            // One call of the client probes with short pauses while a new
+            // leader is being elected; the others back off, and all go to
+            // the new leader as soon as any call has reached it.
+            let probing_allowed = start.elapsed() < limits::LEADER_PROBE_FAST_WINDOW;
+            if !probing_allowed {
+                probe = None;
+            } else if probe.is_none() {
+                probe = router.try_probe();
+            }
+            let pause = if probe.is_some() { backoff.short_pause() } else { backoff.next_pause() };
+            let pause = pause.min(deadline_at.saturating_duration_since(Instant::now()));
+            let mut leader_found = router.watch_leader();
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                changed = leader_found.changed() => {
+                    if changed.is_ok()
+                        && let Some(leader) = router.leader()
+                    {
+                        tracing::debug!(op, leader = %leader, "another call found the leader; going there");
+                        target = leader;
+                    }
+                }
+            }
         }
     }
 }

@@ -43,7 +43,10 @@ pub struct ClientConfig {
     /// The time to establish a connection to a node.
     pub connect_timeout: Duration,
     /// The cap of the first backoff pause. Pauses are drawn uniformly from
-    /// zero to a cap that doubles on every pause ("full jitter").
+    /// zero to a cap that doubles on every pause ("full jitter"). While no
+    /// leader is known, one call of the client at a time keeps its pauses
+    /// under this cap for its first 2 s, and every pausing call goes to a
+    /// new leader as soon as any call has reached it.
     pub backoff_initial: Duration,
     /// The largest backoff cap.
     pub backoff_max: Duration,

@@ -39,12 +39,33 @@ pub const SERVER_TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
 /// gRPC's OUT_OF_RANGE), and the messages it held become visible again after their visibility timeout.
 pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Interval of HTTP/2 PING frames on an otherwise idle connection, so that a
-/// dead peer (host gone, network cut) is noticed without waiting for TCP.
-pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A PING is sent on a connection that has received nothing for this long
+/// (with requests in flight or not), so that a node that went silent (host
+/// gone, network cut: no reset to notice) is noticed without waiting for
+/// TCP or the attempt timeout. A busy connection sends no PINGs; an idle one
+/// costs a few bytes each interval.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// How long a PING may go unanswered before the connection is closed.
-pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a PING may go unanswered before the connection is closed and
+/// the calls on it go to another node. Together with the interval this
+/// bounds how long a silent leader holds its callers (0.75 s); a node that
+/// cannot answer a PING for this long is unusable anyway, and a send that
+/// was on the connection is retried with its id (no duplicate).
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A node that failed (connection refused or broken, PING unanswered) is
+/// tried after the other nodes for this long, and a hint naming it is
+/// followed only after a pause: it is probably dead, and behind a silent
+/// network each connection attempt to it costs the connect timeout.
+pub const FAILED_NODE_AVOID: Duration = Duration::from_secs(1);
+
+/// While looking for a new leader, one call of a client (the prober) pauses
+/// at most the initial backoff between attempts, for this long; the other
+/// calls back off exponentially and are woken as soon as any call reaches
+/// the new leader. An election takes about the nodes' election timeout
+/// (0.1–0.3 s with the defaults), so this covers several elections; after
+/// it, the prober backs off too.
+pub const LEADER_PROBE_FAST_WINDOW: Duration = Duration::from_secs(2);
 
 /// Rounds of `cluster_status`: the first asks the known nodes, each further
 /// round asks the members that the previous round reported and that were not

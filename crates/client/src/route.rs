@@ -2,10 +2,13 @@
 //! one cached gRPC channel per address, shared by every clone of a client.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
@@ -18,6 +21,13 @@ pub(crate) struct Router {
     connect_timeout: Duration,
     nodes: Mutex<Nodes>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Bumped whenever a node answers as leader that was not the known
+    /// leader: calls pausing for a leader wake up and go there at once.
+    leader_found: watch::Sender<u64>,
+    /// Held by the one call that looks for a new leader with short pauses
+    /// ([`Router::try_probe`]); the others back off exponentially and wait
+    /// for it (or any call) to find the leader.
+    probing: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -29,6 +39,12 @@ struct Nodes {
     cursor: usize,
     /// The address that last answered as leader or was named leader.
     leader: Option<String>,
+    /// The address that last answered as leader, until it fails.
+    confirmed: Option<String>,
+    /// When a node last failed (refused, reset, silent): such a node is
+    /// tried last for [`limits::FAILED_NODE_AVOID`], and hints naming it
+    /// are not followed without a pause. At most one entry per known node.
+    failed_at: HashMap<String, Instant>,
 }
 
 impl Router {
@@ -41,8 +57,10 @@ impl Router {
         let cursor = rand::rng().random_range(0..seeds.len());
         Router {
             connect_timeout,
-            nodes: Mutex::new(Nodes { known: seeds, cursor, leader: None }),
+            nodes: Mutex::new(Nodes { known: seeds, cursor, leader: None, confirmed: None, failed_at: HashMap::new() }),
             channels: Mutex::new(HashMap::new()),
+            leader_found: watch::Sender::new(0),
+            probing: AtomicBool::new(false),
         }
     }
 
@@ -66,9 +84,62 @@ impl Router {
         }
     }
 
-    /// The next node in rotation, other than `failed` when there is another.
+    /// The next node in rotation, other than `failed` when there is another,
+    /// and preferably one that has not failed lately.
     pub(crate) fn next_after(&self, failed: &str) -> String {
         self.nodes().rotate(Some(failed))
+    }
+
+    /// Records that `address` failed (connection refused or broken, no
+    /// answer): it is tried after the others for a while.
+    pub(crate) fn mark_failed(&self, address: &str) {
+        let mut nodes = self.nodes();
+        if nodes.known.iter().any(|a| a == address) {
+            nodes.failed_at.insert(address.to_string(), Instant::now());
+        }
+    }
+
+    /// True when `address` failed within [`limits::FAILED_NODE_AVOID`].
+    pub(crate) fn recently_failed(&self, address: &str) -> bool {
+        self.nodes().recently_failed(address, Instant::now())
+    }
+
+    /// Remembers `address` as the leader after it answered as one, and
+    /// wakes the calls waiting for a leader when it is a new one.
+    pub(crate) fn confirm_leader(&self, address: &str) {
+        let changed = {
+            let mut nodes = self.nodes();
+            nodes.failed_at.remove(address);
+            nodes.learn(address);
+            if nodes.leader.as_deref() != Some(address) {
+                nodes.leader = Some(address.to_string());
+            }
+            let changed = nodes.confirmed.as_deref() != Some(address);
+            if changed {
+                tracing::debug!(leader = address, "a new leader answered");
+                nodes.confirmed = Some(address.to_string());
+            }
+            changed
+        };
+        if changed {
+            self.leader_found.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// A receiver that sees the next [`Router::confirm_leader`] of a new
+    /// leader (those before the call are marked seen).
+    pub(crate) fn watch_leader(&self) -> watch::Receiver<u64> {
+        self.leader_found.subscribe()
+    }
+
+    /// Makes the caller the one call that probes for a new leader with
+    /// short pauses, unless another call is: `None` then. The role ends
+    /// when the guard is dropped.
+    pub(crate) fn try_probe(&self) -> Option<ProbeGuard<'_>> {
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| ProbeGuard(&self.probing))
     }
 
     /// Remembers `address` as the leader and as a known node.
@@ -87,6 +158,9 @@ impl Router {
         if nodes.leader.as_deref() == Some(address) {
             nodes.leader = None;
         }
+        if nodes.confirmed.as_deref() == Some(address) {
+            nodes.confirmed = None;
+        }
     }
 
     /// Adds an address to the known nodes (bounded).
@@ -96,6 +170,10 @@ impl Router {
 
     pub(crate) fn leader(&self) -> Option<String> {
         self.nodes().leader.clone()
+    }
+
+    pub(crate) fn known_len(&self) -> usize {
+        self.nodes().known.len()
     }
 
     pub(crate) fn known(&self) -> Vec<String> {
@@ -143,8 +221,24 @@ impl Nodes {
         }
     }
 
+    fn recently_failed(&self, address: &str, now: Instant) -> bool {
+        self.failed_at.get(address).is_some_and(|&at| now.saturating_duration_since(at) < limits::FAILED_NODE_AVOID)
+    }
+
     fn rotate(&mut self, avoid: Option<&str>) -> String {
         debug_assert!(!self.known.is_empty());
+        // Nodes that failed lately go last: a dead node behind a silent
+        // network costs a whole connect timeout.
+        let now = Instant::now();
+        self.failed_at.retain(|_, at| now.saturating_duration_since(*at) < limits::FAILED_NODE_AVOID);
+        for step in 1..=self.known.len() {
+            let index = (self.cursor + step) % self.known.len();
+            let candidate = &self.known[index];
+            if Some(candidate.as_str()) != avoid && !self.recently_failed(candidate, now) {
+                self.cursor = index;
+                return candidate.clone();
+            }
+        }
         for _ in 0..self.known.len() {
             self.cursor = (self.cursor + 1) % self.known.len();
             let candidate = &self.known[self.cursor];
@@ -155,6 +249,16 @@ impl Nodes {
         // Only one known node, and it is the one to avoid: it is still the
         // best bet.
         self.known[self.cursor].clone()
+    }
+}
+
+/// The probing role of one call ([`Router::try_probe`]), given up on drop.
+#[derive(Debug)]
+pub(crate) struct ProbeGuard<'a>(&'a AtomicBool);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -178,6 +282,14 @@ impl Backoff {
         let cap = self.initial.checked_mul(1u32 << self.pauses.min(20)).unwrap_or(self.max).min(self.max);
         self.pauses = self.pauses.saturating_add(1);
         let cap_nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rand::rng().random_range(0..=cap_nanos))
+    }
+
+    /// A pause capped at the initial cap, however many came before: for the
+    /// call that probes for a new leader, which an election names within a
+    /// few hundred milliseconds.
+    pub(crate) fn short_pause(&mut self) -> Duration {
+        let cap_nanos = u64::try_from(self.initial.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(rand::rng().random_range(0..=cap_nanos))
     }
 
@@ -219,6 +331,80 @@ mod tests {
         assert_eq!(router.leader().as_deref(), Some("z:9"));
         router.forget_leader("z:9");
         assert_eq!(router.leader(), None);
+    }
+
+    #[test]
+    fn nodes_that_failed_lately_are_tried_last() {
+        let router = Router::new(vec!["a:1".into(), "b:2".into(), "c:3".into()], Duration::from_secs(1));
+        router.mark_failed("b:2");
+        assert!(router.recently_failed("b:2"));
+        assert!(!router.recently_failed("a:1"));
+        // Whatever the start of the rotation, b is skipped while a and c
+        // are there.
+        for _ in 0..6 {
+            let next = router.next_after("a:1");
+            assert_eq!(next, "c:3");
+            assert_eq!(router.next_after(&next), "a:1");
+        }
+        // With every other node failed too, the rotation still gives a node.
+        router.mark_failed("a:1");
+        router.mark_failed("c:3");
+        let next = router.next_after("a:1");
+        assert_ne!(next, "a:1");
+        // An address that is not a known node is not remembered.
+        router.mark_failed("z:9");
+        assert!(!router.recently_failed("z:9"));
+    }
+
+    #[test]
+    fn an_answer_clears_the_failure() {
+        let router = Router::new(vec!["a:1".into(), "b:2".into()], Duration::from_secs(1));
+        router.mark_failed("a:1");
+        router.confirm_leader("a:1");
+        assert!(!router.recently_failed("a:1"));
+        assert_eq!(router.first_target(), "a:1");
+    }
+
+    #[test]
+    fn waiting_calls_are_woken_by_a_new_leader_only() {
+        let router = Router::new(vec!["a:1".into(), "b:2".into()], Duration::from_secs(1));
+        let mut found = router.watch_leader();
+        // A hint is not proof: it does not wake anyone.
+        router.set_leader("a:1");
+        assert!(!found.has_changed().unwrap());
+        router.confirm_leader("a:1");
+        assert!(found.has_changed().unwrap());
+        found.mark_unchanged();
+        // The same leader answering again wakes nobody.
+        router.confirm_leader("a:1");
+        assert!(!found.has_changed().unwrap());
+        // After it failed, its next answer (or another's) is news again.
+        router.forget_leader("a:1");
+        router.confirm_leader("b:2");
+        assert!(found.has_changed().unwrap());
+        assert_eq!(router.leader().as_deref(), Some("b:2"));
+    }
+
+    #[test]
+    fn one_call_at_a_time_probes() {
+        let router = Router::new(vec!["a:1".into()], Duration::from_secs(1));
+        let first = router.try_probe();
+        assert!(first.is_some());
+        assert!(router.try_probe().is_none());
+        drop(first);
+        assert!(router.try_probe().is_some());
+    }
+
+    #[test]
+    fn short_pauses_do_not_grow() {
+        let initial = Duration::from_millis(20);
+        let mut backoff = Backoff::new(initial, Duration::from_secs(1));
+        for _ in 0..10 {
+            backoff.next_pause();
+        }
+        for _ in 0..100 {
+            assert!(backoff.short_pause() <= initial);
+        }
     }
 
     #[test]

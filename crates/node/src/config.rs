@@ -9,6 +9,24 @@ use quorumq_raft_state_machine::limits as sm;
 
 use crate::types::NodeId;
 
+/// Default leader heartbeat interval: a third of the shortest election
+/// timeout, and cheap (about 70 small messages a second per cluster).
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 30;
+/// Default election timeout range. A follower stands for election when it
+/// has heard nothing from the leader for the leader's lease (openraft sets
+/// it to the maximum) plus a random time in this range: 300–400 ms for a
+/// silent leader (network cut, host down). A leader whose process died is
+/// recognised by its refused port and its lease dropped
+/// (`leader_watch.rs`), so writes resume about 0.2 s after it dies
+/// (`quorumq bench-failover`). Shorter timeouts made a saturated 2-core
+/// machine elect without need (a busy leader can go 150 ms without being
+/// heard); raise them on networks or machines with longer pauses.
+pub const ELECTION_TIMEOUT_MIN_MS_DEFAULT: u64 = 100;
+pub const ELECTION_TIMEOUT_MAX_MS_DEFAULT: u64 = 200;
+
+/// Default bound on sled's page cache: 64 MiB.
+pub const STORAGE_CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
@@ -25,6 +43,10 @@ pub struct Config {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_every_entries: u64,
+    /// Bound on sled's page cache (the `messages` and `sm` trees). sled's
+    /// own default is 1 GiB, which a node with a large backlog fills with
+    /// message bodies it rarely reads again.
+    pub storage_cache_bytes: u64,
     /// If the lowest-id peer cannot be reached for this long while nobody
     /// has initialised the cluster, the lowest reachable node does it.
     pub bootstrap_fallback: Duration,
@@ -76,10 +98,11 @@ impl Config {
             data_dir,
             peers,
             message_bytes_max: sm::MESSAGE_BYTES_DEFAULT,
-            heartbeat_interval_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS_DEFAULT,
+            election_timeout_min_ms: ELECTION_TIMEOUT_MIN_MS_DEFAULT,
+            election_timeout_max_ms: ELECTION_TIMEOUT_MAX_MS_DEFAULT,
             snapshot_every_entries: 20_000,
+            storage_cache_bytes: STORAGE_CACHE_BYTES_DEFAULT,
             bootstrap_fallback: Duration::from_secs(10),
             join: false,
             http_listen: None,
@@ -190,8 +213,12 @@ mod tests {
         assert_eq!(Config { id: 4, ..ok.clone() }.validate(), Err(ConfigError::IdNotInPeers(4)));
         assert!(Config { message_bytes_max: 0, ..ok.clone() }.validate().is_err());
         assert!(Config { message_bytes_max: sm::MESSAGE_BYTES_HARD_MAX + 1, ..ok.clone() }.validate().is_err());
-        assert!(Config { election_timeout_min_ms: 100, ..ok.clone() }.validate().is_err());
-        assert!(Config { election_timeout_max_ms: 300, ..ok.clone() }.validate().is_err());
+        // Under 3 heartbeats, and an empty range.
+        let slow_heartbeat = Config { heartbeat_interval_ms: 20, ..ok.clone() };
+        assert!(Config { election_timeout_min_ms: 59, ..slow_heartbeat.clone() }.validate().is_err());
+        assert_eq!(Config { election_timeout_min_ms: 60, ..slow_heartbeat }.validate(), Ok(()));
+        assert!(Config { election_timeout_max_ms: ok.election_timeout_min_ms, ..ok.clone() }.validate().is_err());
+        assert!(Config { heartbeat_interval_ms: 0, ..ok.clone() }.validate().is_err());
         let same = Config { http_listen: Some(ok.listen), ..ok.clone() };
         assert_eq!(same.validate(), Err(ConfigError::HttpSameAsListen(ok.listen)));
         assert_eq!(Config { http_listen: Some("127.0.0.1:2".parse().unwrap()), ..ok.clone() }.validate(), Ok(()));

@@ -1,12 +1,14 @@
 //! A quorumq node.
 
 pub mod alarms;
+pub mod batcher;
 pub mod codec;
 pub mod config;
 pub mod consume;
 pub mod convert;
 pub mod errors;
 pub mod http;
+pub mod leader_watch;
 pub mod limits;
 pub mod log_store;
 pub mod membership;

@@ -19,6 +19,23 @@ pub const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 64;
 /// larger is not a message we sent and is refused.
 pub const RAFT_FRAME_BYTES_MAX: usize = RAFT_PAYLOAD_ENTRIES_MAX as usize * (sm::SEND_BATCH_BYTES_MAX + 64 * 1024);
 
+/// Group commit (`batcher.rs`): most client commands in one Raft entry.
+pub const BATCH_COMMANDS_MAX: usize = 1024;
+
+/// Group commit: most bytes (bodies, ids, attributes, roughly) of the
+/// commands of one entry, beyond the first command (a Send may be larger on
+/// its own). Half a Send's maximum, so a batch entry stays within the
+/// per-entry room `RAFT_FRAME_BYTES_MAX` assumes.
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Group commit: entries proposed and not yet applied at a time. Commands
+/// arriving while all are taken gather into the next entry.
+pub const BATCH_PROPOSALS_IN_FLIGHT: usize = 2;
+
+/// Group commit: an entry pending longer than this (a leader cut off from a
+/// majority, a stalled disk) stops counting against the entries in flight.
+pub const BATCH_SLOT_HOLD_MAX: Duration = Duration::from_secs(1);
+
 /// Snapshot chunk size on the wire; memory per snapshot transfer is a few
 /// chunks.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;

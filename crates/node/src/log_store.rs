@@ -1,23 +1,53 @@
-//! The Raft log and vote of one group, in sled.
+//! The Raft log and vote of one group, in append-only segment files.
+//!
+//! Layout of the log directory (`data-dir/log/`):
+//! - `00000000000000000001.seg`, …: segment files, each named by the index
+//!   of its first entry. A segment starts with an 8-byte magic, then records:
+//!   `[payload length u32 LE][crc32 u32 LE][entry index u64 LE][payload]`,
+//!   the payload being the postcard-encoded `Entry` and the CRC covering the
+//!   index and the payload. A new segment is started once the current one
+//!   reaches `SEGMENT_BYTES_MAX`.
+//! - `meta`: the vote, the last purged log id and the group, written
+//!   atomically (temporary file, fsync, rename, fsync of the directory).
+//! - `committed`: the committed log id, overwritten in place without fsync.
+//!
+//! In memory the store keeps, for each live entry, where its record is
+//! (segment, offset, length), rebuilt on open by scanning the segments and
+//! checking every record's CRC. A torn record at the end of the last segment
+//! (a crash in the middle of a write that was never fsynced, so never
+//! acknowledged) is cut off on open; a bad record anywhere else is an error.
 //!
 //! Durability rule: openraft hears that an append is persisted (its
-//! `IOFlushed` callback) only after a `sled::Db::flush` that began after the
-//! append's write returned; `save_vote` returns only after its own flush.
+//! `IOFlushed` callback) only after an fdatasync of every segment the append
+//! wrote to that began after the append's write returned; `save_vote` and
+//! `purge` return only after the metadata file is durable.
 //!
-//! Group commit: `append` writes the entries with one `apply_batch` and hands
-//! the callback to a single flusher task. The flusher takes every callback
-//! that is waiting, runs one flush (which covers every write made before it
-//! started, for the whole database), then completes them all. While one flush
-//! runs, the next batch of callbacks gathers, so under load many appends share
-//! one fsync.
+//! Group commit: `append` writes the entries to the page cache with one
+//! `pwrite` and hands the callback to a single flusher task. The flusher
+//! takes every callback that is waiting, runs one `sync_data` (of each
+//! segment they wrote to, usually one), then completes them all. While one
+//! sync runs, the next batch of callbacks gathers, so under load many appends
+//! share one fsync.
+//!
+//! Disk use follows the live log: `purge` deletes every segment file whose
+//! entries are all purged.
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fmt::Debug;
+use std::fs;
+use std::fs::File;
+use std::fs::OpenOptions;
 use std::io;
+use std::io::Write;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
@@ -29,16 +59,13 @@ use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::histogram::exponential_buckets;
+use serde::Deserialize;
+use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::codec::decode;
 use crate::codec::encode;
-use crate::codec::raft_keys;
 use crate::types::*;
-
-const META_VOTE: &str = "vote";
-const META_COMMITTED: &str = "committed";
-const META_LAST_PURGED: &str = "last_purged";
 
 /// Counters that show group commit at work: `entries_appended /
 /// flushes` is the mean number of entries per fsync. The histograms are
@@ -49,8 +76,8 @@ pub struct LogStats {
     pub entries_appended: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_micros_total: AtomicU64,
-    /// Duration of each flush of the flusher (`Db::flush`, an fsync), in
-    /// seconds.
+    /// Duration of each flush of the flusher (`sync_data` of the segment
+    /// files written since the last one), in seconds.
     pub flush_seconds: Histogram,
     /// Time from `append` being called to the flush that made its entries
     /// durable returning, in seconds: what an append costs openraft (the
@@ -82,166 +109,785 @@ impl Default for LogStats {
 const FLUSH_SECONDS_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// A segment is closed and a new one started once it holds this many bytes.
+/// Purging frees disk a whole segment at a time, so this is also how much
+/// purged log a node may keep on disk; a restart reads at most one
+/// segment more than the live log.
+pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+
+/// First bytes of every segment file (format version in the last byte).
+const SEGMENT_MAGIC: [u8; 8] = *b"QQLOG\0\0\x01";
+/// `[payload length u32][crc32 u32][index u64]`.
+const RECORD_HEADER_BYTES: u64 = 16;
+const SEGMENT_SUFFIX: &str = ".seg";
+const META_FILE: &str = "meta";
+const META_TMP_FILE: &str = "meta.tmp";
+const COMMITTED_FILE: &str = "committed";
+/// Version of the `meta` file's layout.
+const META_VERSION: u32 = 1;
+
+/// How long the broken mode holds appended entries before writing them.
+const UNSYNCED_WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// An append waiting for the flusher.
 struct PendingFlush {
     callback: IOFlushed<TypeConfig>,
     entries: u64,
     written_at: std::time::Instant,
+    /// The segments the append wrote to.
+    files: Vec<Arc<File>>,
+}
+
+/// What the `meta` file holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    version: u32,
+    group: GroupId,
+    vote: Option<Vote>,
+    last_purged: Option<LogId>,
+}
+
+/// Options of [`LogStore::open_with_options`].
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    /// The test-only broken mode (`Config::unsafe_ack_before_fsync`).
+    pub ack_before_fsync: bool,
+    pub segment_bytes_max: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { ack_before_fsync: false, segment_bytes_max: SEGMENT_BYTES_MAX }
+    }
+}
+
+/// One segment file.
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+    /// Bytes of valid data (the magic and whole records); the next record is
+    /// written here.
+    len: u64,
+}
+
+/// Where an entry's record is in its segment.
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    /// Offset of the record's header.
+    offset: u64,
+    /// Length of the payload.
+    len: u32,
+}
+
+impl Loc {
+    fn end(&self) -> u64 {
+        self.offset + RECORD_HEADER_BYTES + u64::from(self.len)
+    }
+}
+
+/// The log: segments and the index of live entries.
+struct Log {
+    dir: PathBuf,
+    segment_bytes_max: u64,
+    /// By the index of their first entry.
+    segments: BTreeMap<u64, Segment>,
+    /// Index of `locs[0]`.
+    first_index: u64,
+    /// One per live (not purged) entry, contiguous from `first_index`.
+    locs: VecDeque<Loc>,
+    /// Log id of the last entry in `locs`.
+    last: Option<LogId>,
+    /// The broken mode's entries not yet written (see `Shared::ack_before_fsync`).
+    unsynced: BTreeMap<u64, Entry>,
+    /// Set when a write failed half-way: the files may no longer match the
+    /// index, so nothing more is written until a restart re-reads them.
+    failed: Option<String>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    log: Mutex<Log>,
+    /// Held while the `meta` file is rewritten, so that writes do not
+    /// overtake each other.
+    meta: Mutex<Meta>,
+    committed: Mutex<(Option<LogId>, File)>,
+    /// Test-only fault (`Config::unsafe_ack_before_fsync`): appends are
+    /// reported persisted at once, but kept in memory (`Log::unsynced`) and
+    /// written to the segment only about a second later, as an operating
+    /// system's cache would hold writes that were never fsynced. A process
+    /// killed meanwhile loses them, which is what a machine losing power
+    /// does to unsynced data. (A write to a file reaches the OS at once, so
+    /// without the delay a killed process never loses anything and the
+    /// broken mode would go unnoticed.)
+    ack_before_fsync: bool,
 }
 
 #[derive(Clone)]
 pub struct LogStore {
-    group: GroupId,
-    db: sled::Db,
-    tree: sled::Tree,
+    shared: Arc<Shared>,
     flusher: mpsc::UnboundedSender<PendingFlush>,
     stats: Arc<LogStats>,
-    /// Test-only fault (`Config::unsafe_ack_before_fsync`): appends are
-    /// reported persisted at once, but kept in memory and written to sled only
-    /// about a second later, as an operating system's cache would hold writes
-    /// that were never fsynced. A process killed meanwhile loses them, which
-    /// is what a machine losing power does to unsynced data. (sled itself
-    /// hands every batch to the OS at once, so without this a killed process
-    /// never loses anything and the broken mode would go unnoticed.)
-    unsynced: Option<Arc<Mutex<BTreeMap<u64, Entry>>>>,
 }
 
-/// How long the broken mode holds appended entries before writing them.
-const UNSYNCED_WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(1000);
+fn corrupt(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
 
-impl LogStore {
-    /// Opens the log of `group` in `db`. Must be called inside a tokio
-    /// runtime: it starts the flusher task.
-    pub fn open(db: sled::Db, group: GroupId) -> io::Result<LogStore> {
-        Self::open_with(db, group, false)
+fn segment_name(first: u64) -> String {
+    format!("{first:020}{SEGMENT_SUFFIX}")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Makes the creation, removal or renaming of files in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// `[length u32][crc32 u32][payload]`: the framing of `meta` and `committed`.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn unframe(bytes: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    let payload = bytes.get(8..8usize.checked_add(len)?)?;
+    (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+fn record_crc(index: u64, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&index.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Appends the record of `entry` to `buf`; returns the payload length.
+fn encode_record(entry: &Entry, buf: &mut Vec<u8>) -> io::Result<u32> {
+    let payload = encode(entry)?;
+    let len = u32::try_from(payload.len()).map_err(|_| corrupt(format!("log entry of {} bytes", payload.len())))?;
+    let index = entry.index();
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&record_crc(index, &payload).to_le_bytes());
+    buf.extend_from_slice(&index.to_le_bytes());
+    buf.extend_from_slice(&payload);
+    Ok(len)
+}
+
+/// Checks one record read back (header and payload) and decodes its entry.
+fn decode_record(bytes: &[u8], expected_index: u64) -> io::Result<Entry> {
+    let header = bytes.get(..RECORD_HEADER_BYTES as usize).ok_or_else(|| corrupt("short log record".into()))?;
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let index = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let payload = &bytes[RECORD_HEADER_BYTES as usize..];
+    if payload.len() != len || index != expected_index || record_crc(index, payload) != crc {
+        return Err(corrupt(format!(
+            "log record of entry {expected_index} is damaged (says index {index}, {len} bytes)"
+        )));
+    }
+    let entry: Entry = decode(payload)?;
+    if entry.index() != expected_index {
+        return Err(corrupt(format!("log entry stored at index {expected_index} says it is index {}", entry.index())));
+    }
+    Ok(entry)
+}
+
+/// What scanning a segment found.
+struct Scanned {
+    locs: Vec<Loc>,
+    /// Where the valid records end.
+    valid_len: u64,
+    /// Why the scan stopped before the end of the file (a torn or damaged
+    /// record), if it did.
+    bad_tail: Option<String>,
+}
+
+/// Reads the records of a segment whose first entry is `first`. A record
+/// whose CRC is right but whose index is out of sequence is an error, not a
+/// torn write.
+fn scan_segment(bytes: &[u8], first: u64) -> io::Result<Scanned> {
+    let mut locs = Vec::new();
+    let mut pos = SEGMENT_MAGIC.len();
+    let mut bad_tail = None;
+    let header = RECORD_HEADER_BYTES as usize;
+    while pos < bytes.len() {
+        let Some(head) = bytes.get(pos..pos + header) else {
+            bad_tail = Some(format!("a record header cut short at offset {pos}"));
+            break;
+        };
+        let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+        let index = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let Some(payload) = bytes.get(pos + header..pos + header + len as usize) else {
+            bad_tail = Some(format!("a record cut short at offset {pos}"));
+            break;
+        };
+        if record_crc(index, payload) != crc {
+            bad_tail = Some(format!("a record with a wrong CRC at offset {pos}"));
+            break;
+        }
+        let expected = first + locs.len() as u64;
+        if index != expected {
+            return Err(corrupt(format!("record at offset {pos} is entry {index}, expected entry {expected}")));
+        }
+        locs.push(Loc { offset: pos as u64, len });
+        pos += header + len as usize;
+    }
+    Ok(Scanned { valid_len: pos as u64, locs, bad_tail })
+}
+
+fn create_segment(dir: &Path, first: u64) -> io::Result<Segment> {
+    let path = dir.join(segment_name(first));
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    file.write_all_at(&SEGMENT_MAGIC, 0)?;
+    // The new name must survive a crash before any entry in it is reported
+    // durable; its contents are synced by the flusher like any append.
+    sync_dir(dir)?;
+    Ok(Segment { path, file: Arc::new(file), len: SEGMENT_MAGIC.len() as u64 })
+}
+
+impl Log {
+    fn last_index(&self) -> Option<u64> {
+        (!self.locs.is_empty()).then(|| self.first_index + self.locs.len() as u64 - 1)
     }
 
-    pub(crate) fn open_with(db: sled::Db, group: GroupId, ack_before_fsync: bool) -> io::Result<LogStore> {
-        let tree = db.open_tree("raft").map_err(io::Error::other)?;
+    fn loc(&self, index: u64) -> Loc {
+        self.locs[(index - self.first_index) as usize]
+    }
+
+    /// The first index of the segment holding `index`.
+    fn segment_of(&self, index: u64) -> io::Result<u64> {
+        self.segments
+            .range(..=index)
+            .next_back()
+            .map(|(first, _)| *first)
+            .ok_or_else(|| corrupt(format!("no segment holds log entry {index}")))
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(e) => Err(io::Error::other(format!("the log store stopped writing after an error: {e}"))),
+        }
+    }
+
+    /// Writes `entries` (contiguous, following the last entry) to the
+    /// segments, without syncing; returns the segments written to.
+    fn write(&mut self, entries: &[Entry]) -> io::Result<Vec<Arc<File>>> {
+        self.check_writable()?;
+        let result = self.write_inner(entries);
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn write_inner(&mut self, entries: &[Entry]) -> io::Result<Vec<Arc<File>>> {
+        debug_assert_eq!(self.locs.is_empty(), self.segments.is_empty(), "segments without live entries");
+        let mut files: Vec<Arc<File>> = Vec::new();
+        let mut buf = Vec::new();
+        let mut new_locs = Vec::new();
+        let mut next = self.last_index().map(|i| i + 1);
+        let mut last = None;
+        for entry in entries {
+            let index = entry.index();
+            if next.is_some_and(|n| n != index) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("log entry {index} appended after entry {}", next.unwrap_or(1) - 1),
+                ));
+            }
+            let active = self.segments.last_key_value().map(|(first, s)| (*first, s.len));
+            let start_new = match active {
+                None => true,
+                Some((_, len)) => {
+                    let used = len + buf.len() as u64;
+                    used >= self.segment_bytes_max && used > SEGMENT_MAGIC.len() as u64
+                }
+            };
+            if start_new {
+                if let Some((first, _)) = active {
+                    self.flush_buf(first, &mut buf, &mut new_locs, &mut files)?;
+                    // A closed segment is complete on disk before the next
+                    // exists, so that only the last segment can ever have a
+                    // torn tail.
+                    let segment = &self.segments[&first];
+                    segment.file.sync_data()?;
+                }
+                let segment = create_segment(&self.dir, index)?;
+                self.segments.insert(index, segment);
+            }
+            let (_, segment) = self.segments.last_key_value().expect("a segment");
+            let offset = segment.len + buf.len() as u64;
+            let len = encode_record(entry, &mut buf)?;
+            new_locs.push((index, Loc { offset, len }));
+            next = Some(index + 1);
+            last = Some(entry.log_id());
+        }
+        if let Some((first, _)) = self.segments.last_key_value().map(|(f, s)| (*f, s.len)) {
+            self.flush_buf(first, &mut buf, &mut new_locs, &mut files)?;
+        }
+        if last.is_some() {
+            self.last = last;
+        }
+        Ok(files)
+    }
+
+    /// Writes `buf` at the end of segment `first` and indexes its records.
+    fn flush_buf(
+        &mut self,
+        first: u64,
+        buf: &mut Vec<u8>,
+        new_locs: &mut Vec<(u64, Loc)>,
+        files: &mut Vec<Arc<File>>,
+    ) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let segment = self.segments.get_mut(&first).expect("segment");
+        segment.file.write_all_at(buf, segment.len)?;
+        segment.len += buf.len() as u64;
+        if !files.iter().any(|f| Arc::ptr_eq(f, &segment.file)) {
+            files.push(segment.file.clone());
+        }
+        if self.locs.is_empty()
+            && let Some((index, _)) = new_locs.first()
+        {
+            self.first_index = *index;
+        }
+        self.locs.extend(new_locs.drain(..).map(|(_, loc)| loc));
+        buf.clear();
+        Ok(())
+    }
+
+    /// Removes entries from `from` on. Durable when it returns: segments
+    /// after the cut are deleted (newest first, then the directory synced)
+    /// before the cut segment is shortened and synced, so that a crash part
+    /// way leaves a log that is a prefix of the old one.
+    fn truncate_from(&mut self, from: u64) -> io::Result<()> {
+        self.unsynced.retain(|&i, _| i < from);
+        let Some(last) = self.last_index() else { return Ok(()) };
+        if from > last {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let from = from.max(self.first_index);
+        let cut_segment = self.segment_of(from)?;
+        let cut_offset = self.loc(from).offset;
+        // With no live entry left no segment is kept (the next append may
+        // start at any index), nor is one whose first entry goes.
+        let whole: Vec<u64> = if from == self.first_index || cut_offset == SEGMENT_MAGIC.len() as u64 {
+            self.segments.range(cut_segment..).map(|(f, _)| *f).collect()
+        } else {
+            self.segments.range(cut_segment + 1..).map(|(f, _)| *f).collect()
+        };
+        for first in whole.iter().rev() {
+            let segment = self.segments.remove(first).expect("segment");
+            fs::remove_file(&segment.path)?;
+        }
+        if !whole.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        if let Some(segment) = self.segments.get_mut(&cut_segment)
+            && from != self.first_index
+        {
+            segment.file.set_len(cut_offset)?;
+            segment.file.sync_data()?;
+            segment.len = cut_offset;
+        }
+        self.locs.truncate((from - self.first_index) as usize);
+        self.last = match self.last_index() {
+            None => None,
+            Some(i) => Some(self.read_entries(i, i)?.pop().expect("one entry").log_id()),
+        };
+        Ok(())
+    }
+
+    /// Forgets entries up to `upto` and deletes the segments that hold only
+    /// such entries. Not synced: a deleted segment that comes back after a
+    /// crash holds only purged entries, which opening skips.
+    fn purge_upto(&mut self, upto: u64) -> io::Result<()> {
+        self.unsynced.retain(|&i, _| i > upto);
+        if let Some(last) = self.last_index() {
+            if upto >= last {
+                self.locs.clear();
+                self.last = None;
+            } else if upto >= self.first_index {
+                self.locs.drain(..(upto + 1 - self.first_index) as usize);
+                self.first_index = upto + 1;
+            }
+        }
+        let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        let mut doomed = Vec::new();
+        for (i, first) in firsts.iter().enumerate() {
+            let all_purged = match firsts.get(i + 1) {
+                Some(next) => *next <= upto + 1,
+                None => self.locs.is_empty(),
+            };
+            if all_purged {
+                doomed.push(*first);
+            }
+        }
+        for first in doomed {
+            let segment = self.segments.remove(&first).expect("segment");
+            fs::remove_file(&segment.path)?;
+        }
+        Ok(())
+    }
+
+    /// Reads entries `start..=end`, all of which must be in the index.
+    fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let mut entries = Vec::with_capacity((end + 1 - start) as usize);
+        for (first, raw) in self.read_raw(start, end)? {
+            parse_records(&raw, first, &mut entries)?;
+        }
+        Ok(entries)
+    }
+
+    /// The bytes of the records of entries `start..=end` (all in the index),
+    /// one read per segment: `(index of the first record, bytes)`.
+    fn read_raw(&self, start: u64, end: u64) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut index = start;
+        while index <= end {
+            let first = self.segment_of(index)?;
+            let next_segment = self.segments.range(first + 1..).next().map_or(u64::MAX, |(f, _)| *f);
+            let chunk_end = end.min(next_segment - 1);
+            let from = self.loc(index).offset;
+            let to = self.loc(chunk_end).end();
+            let mut raw = vec![0u8; (to - from) as usize];
+            self.segments[&first].file.read_exact_at(&mut raw, from)?;
+            out.push((index, raw));
+            index = chunk_end + 1;
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes consecutive records starting with entry `first`.
+fn parse_records(raw: &[u8], first: u64, entries: &mut Vec<Entry>) -> io::Result<()> {
+    let mut pos = 0usize;
+    let mut index = first;
+    while pos < raw.len() {
+        let len = raw
+            .get(pos..pos + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| corrupt(format!("log record of entry {index} is cut short")))?;
+        let end = pos + RECORD_HEADER_BYTES as usize + len;
+        let record = raw.get(pos..end).ok_or_else(|| corrupt(format!("log record of entry {index} is cut short")))?;
+        entries.push(decode_record(record, index)?);
+        pos = end;
+        index += 1;
+    }
+    Ok(())
+}
+
+fn read_meta(dir: &Path) -> io::Result<Option<Meta>> {
+    let bytes = match fs::read(dir.join(META_FILE)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let payload = unframe(&bytes).ok_or_else(|| corrupt(format!("{} is damaged", dir.join(META_FILE).display())))?;
+    let meta: Meta = decode(payload)?;
+    if meta.version != META_VERSION {
+        return Err(corrupt(format!("{}: unknown version {}", dir.join(META_FILE).display(), meta.version)));
+    }
+    Ok(Some(meta))
+}
+
+/// Replaces the `meta` file atomically and durably.
+fn write_meta(dir: &Path, meta: &Meta) -> io::Result<()> {
+    let tmp = dir.join(META_TMP_FILE);
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    file.write_all(&frame(&encode(meta)?))?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(META_FILE))?;
+    sync_dir(dir)
+}
+
+impl LogStore {
+    /// Opens (or creates) the log of `group` in directory `dir`. Must be
+    /// called inside a tokio runtime: it starts the flusher task.
+    pub fn open(dir: &Path, group: GroupId) -> io::Result<LogStore> {
+        Self::open_with(dir, group, false)
+    }
+
+    pub(crate) fn open_with(dir: &Path, group: GroupId, ack_before_fsync: bool) -> io::Result<LogStore> {
+        Self::open_with_options(dir, group, Options { ack_before_fsync, ..Options::default() })
+    }
+
+    pub(crate) fn open_with_options(dir: &Path, group: GroupId, options: Options) -> io::Result<LogStore> {
+        let (log, meta, committed) = open_files(dir, group, options.segment_bytes_max)?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            log: Mutex::new(log),
+            meta: Mutex::new(meta),
+            committed: Mutex::new(committed),
+            ack_before_fsync: options.ack_before_fsync,
+        });
         let stats = Arc::new(LogStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_flusher(db.clone(), rx, stats.clone()));
-        let unsynced = ack_before_fsync.then(|| {
-            let unsynced = Arc::new(Mutex::new(BTreeMap::new()));
-            tokio::spawn(write_unsynced_later(tree.clone(), group, unsynced.clone()));
-            unsynced
-        });
-        Ok(LogStore { group, db, tree, flusher: tx, stats, unsynced })
+        tokio::spawn(run_flusher(rx, stats.clone()));
+        if options.ack_before_fsync {
+            tokio::spawn(write_unsynced_later(Arc::downgrade(&shared)));
+        }
+        Ok(LogStore { shared, flusher: tx, stats })
     }
 
     pub fn stats(&self) -> Arc<LogStats> {
         self.stats.clone()
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> io::Result<Option<T>> {
-        match self.tree.get(raft_keys::meta(self.group, name)).map_err(io::Error::other)? {
-            None => Ok(None),
-            Some(bytes) => decode(&bytes).map(Some),
-        }
+    fn log(&self) -> MutexGuard<'_, Log> {
+        self.shared.log.lock().expect("log lock")
     }
 
-    fn put_meta<T: serde::Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
-        self.tree.insert(raft_keys::meta(self.group, name), encode(value)?).map_err(io::Error::other)?;
-        Ok(())
-    }
-
-    async fn flush(&self) -> io::Result<()> {
-        let db = self.db.clone();
-        let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || db.flush()).await.map_err(io::Error::other)?.map_err(io::Error::other)?;
-        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-        self.stats.flush_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn last_entry(&self) -> io::Result<Option<Entry>> {
-        let stored = match self.tree.scan_prefix(raft_keys::log_prefix(self.group)).next_back() {
-            None => None,
-            Some(item) => {
-                let (key, value) = item.map_err(io::Error::other)?;
-                let entry: Entry = decode(&value)?;
-                check_entry_key(&key, &entry)?;
-                Some(entry)
-            }
-        };
-        let unsynced = self
-            .unsynced
-            .as_ref()
-            .and_then(|u| u.lock().expect("unsynced lock").last_key_value().map(|(_, e)| e.clone()));
-        Ok(match (stored, unsynced) {
-            (Some(s), Some(u)) => Some(if u.index() >= s.index() { u } else { s }),
-            (s, u) => s.or(u),
+    /// Changes the `meta` file durably, off the async threads.
+    async fn update_meta(&self, change: impl FnOnce(&mut Meta) + Send + 'static) -> io::Result<()> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut meta = shared.meta.lock().expect("meta lock");
+            let mut new = meta.clone();
+            change(&mut new);
+            write_meta(&shared.dir, &new)?;
+            *meta = new;
+            Ok(())
         })
-    }
-
-    /// Removes log entries with index in `range`, newest first, so that an
-    /// interrupted removal leaves no hole.
-    fn remove_range(&self, from: u64, to_inclusive: u64) -> io::Result<()> {
-        if let Some(unsynced) = &self.unsynced {
-            unsynced.lock().expect("unsynced lock").retain(|&i, _| i < from || i > to_inclusive);
-        }
-        let keys: Vec<_> = self
-            .tree
-            .range(raft_keys::log(self.group, from)..=raft_keys::log(self.group, to_inclusive))
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(io::Error::other)?;
-        let mut batch = sled::Batch::default();
-        for key in keys.into_iter().rev() {
-            batch.remove(key);
-        }
-        self.tree.apply_batch(batch).map_err(io::Error::other)
+        .await
+        .map_err(io::Error::other)?
     }
 }
 
-/// Checks an entry read back against the key it was stored under.
-fn check_entry_key(key: &[u8], entry: &Entry) -> io::Result<()> {
-    let index = raft_keys::log_index(key);
-    if entry.index() != index {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("log entry stored at index {index} says it is index {}", entry.index()),
-        ));
+/// Opens the files of the log directory and rebuilds the index.
+fn open_files(dir: &Path, group: GroupId, segment_bytes_max: u64) -> io::Result<(Log, Meta, (Option<LogId>, File))> {
+    if !dir.exists() {
+        fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
     }
-    Ok(())
+    match fs::remove_file(dir.join(META_TMP_FILE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let meta = match read_meta(dir)? {
+        Some(meta) if meta.group != group => {
+            return Err(corrupt(format!("{} holds the log of group {}, not {group}", dir.display(), meta.group)));
+        }
+        Some(meta) => meta,
+        None => {
+            let meta = Meta { version: META_VERSION, group, ..Meta::default() };
+            write_meta(dir, &meta)?;
+            meta
+        }
+    };
+    let purged = meta.last_purged.as_ref().map(|id| id.index());
+    let is_purged = |index: u64| purged.is_some_and(|p| index <= p);
+
+    let mut firsts = Vec::new();
+    for item in fs::read_dir(dir)? {
+        let item = item?;
+        let name = item.file_name();
+        match name.to_str().and_then(parse_segment_name) {
+            Some(first) => firsts.push(first),
+            None if name == META_FILE || name == COMMITTED_FILE => {}
+            None => tracing::warn!(file = %item.path().display(), "unexpected file in the log directory"),
+        }
+    }
+    firsts.sort_unstable();
+    // Segments holding only purged entries (deleted by a purge whose
+    // deletions did not survive a crash).
+    let mut deleted_any = false;
+    while firsts.len() > 1 && is_purged(firsts[1] - 1) {
+        fs::remove_file(dir.join(segment_name(firsts[0])))?;
+        firsts.remove(0);
+        deleted_any = true;
+    }
+
+    let mut log = Log {
+        dir: dir.to_path_buf(),
+        segment_bytes_max,
+        segments: BTreeMap::new(),
+        first_index: 0,
+        locs: VecDeque::new(),
+        last: None,
+        unsynced: BTreeMap::new(),
+        failed: None,
+    };
+    let mut last_record: Option<(u64, Vec<u8>)> = None;
+    let mut next_expected: Option<u64> = None;
+    for (i, &first) in firsts.iter().enumerate() {
+        let is_last = i + 1 == firsts.len();
+        let path = dir.join(segment_name(first));
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let bytes = fs::read(&path)?;
+        if bytes.len() < SEGMENT_MAGIC.len() && is_last {
+            // Created by a crash just before its magic was written.
+            fs::remove_file(&path)?;
+            deleted_any = true;
+            continue;
+        }
+        if bytes[..SEGMENT_MAGIC.len().min(bytes.len())] != SEGMENT_MAGIC {
+            return Err(corrupt(format!("{} is not a log segment", path.display())));
+        }
+        let scanned = scan_segment(&bytes, first).map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
+        if let Some(problem) = &scanned.bad_tail {
+            if !is_last {
+                return Err(corrupt(format!("{}: {problem}", path.display())));
+            }
+            // Only the last segment can have a write in progress at a crash:
+            // anything after its first bad record was never acknowledged.
+            tracing::warn!(
+                segment = %path.display(),
+                problem = %problem,
+                dropped_bytes = bytes.len() as u64 - scanned.valid_len,
+                "cutting a torn write off the end of the log"
+            );
+            file.set_len(scanned.valid_len)?;
+            file.sync_data()?;
+        }
+        if scanned.locs.is_empty() && is_last {
+            fs::remove_file(&path)?;
+            deleted_any = true;
+            continue;
+        }
+        if let Some(expected) = next_expected
+            && expected != first
+        {
+            return Err(corrupt(format!("{} starts at entry {first}, expected entry {expected}", path.display())));
+        }
+        next_expected = Some(first + scanned.locs.len() as u64);
+        for (k, loc) in scanned.locs.iter().enumerate() {
+            let index = first + k as u64;
+            if is_purged(index) {
+                continue;
+            }
+            if log.locs.is_empty() {
+                log.first_index = index;
+            }
+            log.locs.push_back(*loc);
+        }
+        if let Some(loc) = scanned.locs.last() {
+            let index = first + scanned.locs.len() as u64 - 1;
+            last_record = Some((index, bytes[loc.offset as usize..loc.end() as usize].to_vec()));
+        }
+        log.segments.insert(first, Segment { path, file: Arc::new(file), len: scanned.valid_len });
+    }
+    if log.locs.is_empty() {
+        // Every entry is purged: no segment is needed.
+        for segment in std::mem::take(&mut log.segments).into_values() {
+            fs::remove_file(&segment.path)?;
+            deleted_any = true;
+        }
+    } else if let Some((index, record)) = last_record {
+        log.last = Some(decode_record(&record, index)?.log_id());
+    }
+    if deleted_any {
+        sync_dir(dir)?;
+    }
+
+    let committed_path = dir.join(COMMITTED_FILE);
+    let committed_file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&committed_path)?;
+    let bytes = fs::read(&committed_path)?;
+    let mut committed: Option<LogId> = if bytes.is_empty() {
+        None
+    } else {
+        match unframe(&bytes).map(decode::<Option<LogId>>) {
+            Some(Ok(id)) => id,
+            _ => {
+                tracing::warn!(file = %committed_path.display(), "ignoring a damaged committed index");
+                None
+            }
+        }
+    };
+    // The committed id is written without fsync, so after a power failure it
+    // may name an entry the log lost or replaced: forget it then (re-applying
+    // less on restart is safe; applying an entry the log lacks is not).
+    if let Some(id) = committed {
+        let keep = if is_purged(id.index()) {
+            true
+        } else if log.last_index().is_some_and(|l| id.index() <= l && id.index() >= log.first_index) {
+            log.read_entries(id.index(), id.index())?.first().map(|e| e.log_id()) == Some(id)
+        } else {
+            false
+        };
+        if !keep {
+            tracing::warn!(committed = %id, "the saved committed index is not in the log; ignoring it");
+            committed = None;
+        }
+    }
+    Ok((log, meta, (committed, committed_file)))
 }
 
-/// The broken mode's delayed writer (see `LogStore::unsynced`).
-async fn write_unsynced_later(tree: sled::Tree, group: GroupId, unsynced: Arc<Mutex<BTreeMap<u64, Entry>>>) {
+/// Fails when `db` still holds a Raft log written by a version that kept it
+/// in sled and there is no segment-file log yet: starting would silently
+/// begin with an empty log. There is no migration (pre-1.0); start the node
+/// on an empty data directory and let it catch up from its peers.
+pub fn refuse_old_sled_log(db: &sled::Db, log_dir: &Path) -> io::Result<()> {
+    if log_dir.exists() || !db.tree_names().iter().any(|name| name.as_ref() == b"raft") {
+        return Ok(());
+    }
+    if db.open_tree("raft").map_err(io::Error::other)?.is_empty() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "this data directory holds a Raft log in the old format (sled tree \"raft\"), which this version \
+         no longer reads; move the data directory away and start the node empty so that it catches up \
+         from its peers",
+    ))
+}
+
+/// The broken mode's delayed writer (see `Shared::ack_before_fsync`).
+async fn write_unsynced_later(shared: std::sync::Weak<Shared>) {
     loop {
         tokio::time::sleep(UNSYNCED_WRITE_DELAY).await;
-        let mut pending = unsynced.lock().expect("unsynced lock");
-        let mut batch = sled::Batch::default();
-        for (index, entry) in pending.iter() {
-            match encode(entry) {
-                Ok(bytes) => batch.insert(&raft_keys::log(group, *index), bytes),
-                Err(e) => tracing::error!(error = %e, "encoding a log entry"),
-            }
-        }
-        if let Err(e) = tree.apply_batch(batch) {
+        let Some(shared) = shared.upgrade() else { return };
+        let mut log = shared.log.lock().expect("log lock");
+        let pending: Vec<Entry> = std::mem::take(&mut log.unsynced).into_values().collect();
+        if let Err(e) = log.write(&pending) {
             tracing::error!(error = %e, "writing delayed log entries");
         }
-        pending.clear();
     }
 }
 
-async fn run_flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<PendingFlush>, stats: Arc<LogStats>) {
+async fn run_flusher(mut rx: mpsc::UnboundedReceiver<PendingFlush>, stats: Arc<LogStats>) {
     let mut waiting: Vec<PendingFlush> = Vec::new();
     while let Some(first) = rx.recv().await {
         waiting.push(first);
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let db = db.clone();
+        let mut files: Vec<Arc<File>> = Vec::new();
+        for file in waiting.iter().flat_map(|p| p.files.iter()) {
+            if !files.iter().any(|f| Arc::ptr_eq(f, file)) {
+                files.push(file.clone());
+            }
+        }
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || db.flush()).await;
+        let result = tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data())).await;
         let took = started.elapsed();
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats.flush_micros_total.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         stats.flush_seconds.observe(took.as_secs_f64());
         stats.flush_entries.observe(waiting.iter().map(|p| p.entries).sum::<u64>() as f64);
         let error = match result {
-            Ok(Ok(_)) => None,
+            Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(e) => Some(e.to_string()),
         };
@@ -280,37 +926,37 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&x) => Some(x),
+            Bound::Included(&x) => x,
             Bound::Excluded(&0) => return Ok(Vec::new()),
-            Bound::Excluded(&x) => Some(x - 1),
-            Bound::Unbounded => None,
+            Bound::Excluded(&x) => x - 1,
+            Bound::Unbounded => u64::MAX,
         };
-        if end.is_some_and(|end| end < start) {
+        if end < start {
             return Ok(Vec::new());
         }
-        let from = raft_keys::log(self.group, start);
-        let iter = match end {
-            Some(end) => self.tree.range(from..=raft_keys::log(self.group, end)),
-            None => self.tree.range(from..=raft_keys::log(self.group, u64::MAX)),
+        // The record bytes are read under the lock (one pread per segment,
+        // from the page cache for recent entries), checked and decoded after.
+        let (raw, unsynced) = {
+            let log = self.log();
+            let raw = match log.last_index() {
+                Some(last) if start.max(log.first_index) <= end.min(last) => {
+                    log.read_raw(start.max(log.first_index), end.min(last))?
+                }
+                _ => Vec::new(),
+            };
+            let unsynced: Vec<Entry> = log.unsynced.range(start..=end).map(|(_, e)| e.clone()).collect();
+            (raw, unsynced)
         };
-        let mut entries = BTreeMap::new();
-        for item in iter {
-            let (key, value) = item.map_err(io::Error::other)?;
-            let entry: Entry = decode(&value)?;
-            check_entry_key(&key, &entry)?;
-            entries.insert(entry.index(), entry);
+        let mut entries = Vec::new();
+        for (first, bytes) in raw {
+            parse_records(&bytes, first, &mut entries)?;
         }
-        if let Some(unsynced) = &self.unsynced {
-            let unsynced = unsynced.lock().expect("unsynced lock");
-            for (index, entry) in unsynced.range(start..=end.unwrap_or(u64::MAX)) {
-                entries.insert(*index, entry.clone());
-            }
-        }
-        Ok(entries.into_values().collect())
+        entries.extend(unsynced);
+        Ok(entries)
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        self.get_meta(META_VOTE)
+        Ok(self.shared.meta.lock().expect("meta lock").vote)
     }
 }
 
@@ -318,12 +964,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        let last_purged_log_id: Option<LogId> = self.get_meta(META_LAST_PURGED)?;
-        let last_log_id = match self.last_entry()? {
-            Some(entry) => Some(entry.log_id()),
-            None => last_purged_log_id,
+        let last_purged_log_id = self.shared.meta.lock().expect("meta lock").last_purged;
+        let last = {
+            let log = self.log();
+            match log.unsynced.last_key_value() {
+                Some((_, entry)) => Some(entry.log_id()),
+                None => log.last,
+            }
         };
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState { last_log_id: last.or(last_purged_log_id), last_purged_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -331,27 +980,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
-        self.put_meta(META_VOTE, vote)?;
         // A vote must be on disk before it is acted on: a node that forgot
         // its vote after a crash could vote twice in one term.
-        self.flush().await
+        let vote = *vote;
+        let started = std::time::Instant::now();
+        self.update_meta(move |meta| meta.vote = Some(vote)).await?;
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        self.stats.flush_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        if self.unsynced.is_some() {
+        if self.shared.ack_before_fsync {
             // In the broken mode the committed index would be lost with the
             // unsynced entries it covers; not saving it keeps a restarted
             // node consistent with the log it actually has.
             return Ok(());
         }
-        // Not flushed by itself: the next log or vote flush carries it. A
-        // committed id older than the true one only means re-applying less
-        // on restart; it is never ahead of the durable log.
-        self.put_meta(META_COMMITTED, &committed)
+        // Written in place without fsync: a committed id older than the
+        // true one only means re-applying less on restart, and opening
+        // discards one that names an entry the log does not have.
+        let bytes = frame(&encode(&committed)?);
+        let mut saved = self.shared.committed.lock().expect("committed lock");
+        saved.1.write_all_at(&bytes, 0)?;
+        saved.0 = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
-        Ok(self.get_meta::<Option<LogId>>(META_COMMITTED)?.flatten())
+        Ok(self.shared.committed.lock().expect("committed lock").0)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
@@ -359,27 +1016,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        if let Some(unsynced) = &self.unsynced {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(first) = entries.first().map(|e| e.index()) else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
+        if self.shared.ack_before_fsync {
             // The deliberately broken mode: claim durability that does not
             // exist. Only reachable through `Config::unsafe_ack_before_fsync`.
-            let mut unsynced = unsynced.lock().expect("unsynced lock");
-            for entry in entries {
-                unsynced.insert(entry.index(), entry);
+            let mut log = self.log();
+            log.unsynced.retain(|&i, _| i < first);
+            if log.last_index().is_some_and(|last| first <= last) {
+                log.truncate_from(first)?;
             }
+            for entry in entries {
+                log.unsynced.insert(entry.index(), entry);
+            }
+            drop(log);
             callback.io_completed(Ok(()));
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        let mut count = 0u64;
         let started = std::time::Instant::now();
-        for entry in entries {
-            batch.insert(&raft_keys::log(self.group, entry.index()), encode(&entry)?);
-            count += 1;
-        }
-        self.tree.apply_batch(batch).map_err(io::Error::other)?;
+        let count = entries.len() as u64;
+        let files = {
+            let mut log = self.log();
+            // openraft truncates conflicting entries before appending over
+            // them; an append over existing entries replaces them all the same.
+            if log.last_index().is_some_and(|last| first <= last) {
+                log.truncate_from(first)?;
+            }
+            log.write(&entries)?
+        };
         self.stats.appends.fetch_add(1, Ordering::Relaxed);
         self.stats.entries_appended.fetch_add(count, Ordering::Relaxed);
-        let pending = PendingFlush { callback, entries: count, written_at: started };
+        let pending = PendingFlush { callback, entries: count, written_at: started, files };
         if let Err(mpsc::error::SendError(pending)) = self.flusher.send(pending) {
             pending.callback.io_completed(Err(io::Error::other("log flusher stopped")));
         }
@@ -388,16 +1058,306 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
-        // Not flushed: the append that follows a truncation is flushed, and
-        // sled makes writes durable in order, so the truncation is durable
-        // before that append is reported persisted.
-        self.remove_range(from, u64::MAX)
+        self.log().truncate_from(from)
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        // Record the purge point first: entries at or below it are ignored
-        // from then on, so a crash between the two steps leaves no hole.
-        self.put_meta(META_LAST_PURGED, &log_id)?;
-        self.remove_range(0, log_id.index())
+        // Record the purge point durably first: entries at or below it are
+        // ignored from then on (also on open), so a crash between the two
+        // steps leaves no hole.
+        let purged = log_id;
+        self.update_meta(move |meta| {
+            if meta.last_purged.as_ref().is_none_or(|old| *old < purged) {
+                meta.last_purged = Some(purged);
+            }
+        })
+        .await?;
+        self.log().purge_upto(log_id.index())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The segment-file log on its own: reopening, torn tails, purge
+    //! deleting files, truncation and segment rolls. (openraft's conformance
+    //! suite runs on it in `tests/storage_suite.rs`.)
+
+    use openraft::RaftTypeConfig;
+    use openraft::type_config::TypeConfigExt;
+    use openraft::vote::RaftLeaderIdExt;
+
+    use super::*;
+    use crate::types::QUEUES_GROUP;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(<TypeConfig as RaftTypeConfig>::LeaderId::new_committed(term, 1), index)
+    }
+
+    fn entries(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes.map(|i| Entry::new_blank(log_id(term, i))).collect()
+    }
+
+    fn open(dir: &Path, segment_bytes_max: u64) -> LogStore {
+        let options = Options { segment_bytes_max, ..Options::default() };
+        LogStore::open_with_options(dir, QUEUES_GROUP, options).expect("open log")
+    }
+
+    /// Appends and waits for the flusher to report them durable.
+    async fn append(log: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(entries, IOFlushed::signal(tx)).await.expect("append");
+        rx.await.expect("callback").expect("flushed");
+    }
+
+    async fn ids(log: &mut LogStore) -> Vec<LogId> {
+        log.try_get_log_entries(..).await.expect("read").iter().map(|e| e.log_id()).collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<u64> {
+        let mut firsts: Vec<u64> = fs::read_dir(dir)
+            .expect("read dir")
+            .filter_map(|e| parse_segment_name(e.expect("dir entry").file_name().to_str()?))
+            .collect();
+        firsts.sort_unstable();
+        firsts
+    }
+
+    fn expected(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<LogId> {
+        indexes.map(|i| log_id(term, i)).collect()
+    }
+
+    #[tokio::test]
+    async fn reopen_returns_the_same_entries_vote_and_purge_point() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let mut log = open(dir.path(), SEGMENT_BYTES_MAX);
+            append(&mut log, entries(1, 1..=10)).await;
+            append(&mut log, entries(2, 11..=20)).await;
+            let vote = Vote::new(2, 1);
+            log.save_vote(&vote).await.expect("vote");
+            log.save_committed(Some(log_id(2, 15))).await.expect("committed");
+            log.purge(log_id(1, 3)).await.expect("purge");
+        }
+        let mut log = open(dir.path(), SEGMENT_BYTES_MAX);
+        let mut want = expected(1, 4..=10);
+        want.extend(expected(2, 11..=20));
+        assert_eq!(ids(&mut log).await, want);
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
+        assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(2, 15)));
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 20)));
+        assert!(log.try_get_log_entries(0..=3).await.expect("read").is_empty(), "purged entries are gone");
+        let some = log.try_get_log_entries(9..12).await.expect("read");
+        assert_eq!(
+            some.iter().map(|e| e.log_id()).collect::<Vec<_>>(),
+            vec![log_id(1, 9), log_id(1, 10), log_id(2, 11)]
+        );
+        // And it goes on from there.
+        append(&mut log, entries(2, 21..=21)).await;
+        assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(log_id(2, 21)));
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_off_on_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let mut log = open(dir.path(), SEGMENT_BYTES_MAX);
+            append(&mut log, entries(1, 1..=5)).await;
+        }
+        let path = dir.path().join(segment_name(1));
+        let whole = fs::metadata(&path).expect("segment").len();
+        // Half of the last record made it to disk.
+        let file = OpenOptions::new().write(true).open(&path).expect("open segment");
+        file.set_len(whole - 3).expect("cut");
+        drop(file);
+        let mut log = open(dir.path(), SEGMENT_BYTES_MAX);
+        assert_eq!(ids(&mut log).await, expected(1, 1..=4));
+        let cut = fs::metadata(&path).expect("segment").len();
+        assert!(cut < whole - 3, "the torn record is removed from the file");
+        // Appending after the cut works and survives another reopen.
+        append(&mut log, entries(2, 5..=6)).await;
+        drop(log);
+        let mut log = open(dir.path(), SEGMENT_BYTES_MAX);
+        let mut want = expected(1, 1..=4);
+        want.extend(expected(2, 5..=6));
+        assert_eq!(ids(&mut log).await, want);
+
+        // Garbage after the last record (a write whose pages were half
+        // written) is cut off too.
+        drop(log);
+        let file = OpenOptions::new().write(true).open(&path).expect("open segment");
+        let len = file.metadata().expect("meta").len();
+        file.write_all_at(&[0xAB; 100], len).expect("garbage");
+        drop(file);
+        let mut log = open(dir.path(), SEGMENT_BYTES_MAX);
+        assert_eq!(ids(&mut log).await, want);
+        assert_eq!(fs::metadata(&path).expect("segment").len(), len);
+    }
+
+    #[tokio::test]
+    async fn damage_before_the_last_segment_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let mut log = open(dir.path(), 200);
+            for i in 1..=30 {
+                append(&mut log, entries(1, i..=i)).await;
+            }
+        }
+        let segments = segment_files(dir.path());
+        assert!(segments.len() > 2, "several segments: {segments:?}");
+        let first = dir.path().join(segment_name(segments[0]));
+        let file = OpenOptions::new().write(true).open(&first).expect("open segment");
+        file.write_all_at(&[0xFF; 4], SEGMENT_MAGIC.len() as u64 + RECORD_HEADER_BYTES).expect("damage");
+        drop(file);
+        let options = Options { segment_bytes_max: 200, ..Options::default() };
+        let error = LogStore::open_with_options(dir.path(), QUEUES_GROUP, options).err().expect("an error");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_segment_files_whose_entries_are_all_purged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut log = open(dir.path(), 200);
+        for i in 1..=40 {
+            append(&mut log, entries(1, i..=i)).await;
+        }
+        let before = segment_files(dir.path());
+        assert!(before.len() >= 4, "several segments: {before:?}");
+        // Purge up to the middle of the third segment.
+        let upto = before[2] + 1;
+        log.purge(log_id(1, upto)).await.expect("purge");
+        let after = segment_files(dir.path());
+        assert_eq!(after, before[2..].to_vec(), "the first two segment files are deleted");
+        for first in &before[..2] {
+            assert!(!dir.path().join(segment_name(*first)).exists());
+        }
+        assert_eq!(ids(&mut log).await, expected(1, upto + 1..=40));
+        assert!(log.try_get_log_entries(before[2]..=upto).await.expect("read").is_empty());
+
+        // Purging everything deletes every file; the log goes on after it.
+        log.purge(log_id(1, 40)).await.expect("purge");
+        assert_eq!(segment_files(dir.path()), Vec::<u64>::new());
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(1, 40)));
+        append(&mut log, entries(2, 41..=42)).await;
+        assert_eq!(segment_files(dir.path()), vec![41]);
+        drop(log);
+        let mut log = open(dir.path(), 200);
+        assert_eq!(ids(&mut log).await, expected(2, 41..=42));
+        assert_eq!(log.get_log_state().await.expect("state").last_purged_log_id, Some(log_id(1, 40)));
+    }
+
+    #[tokio::test]
+    async fn a_purged_segment_that_comes_back_after_a_crash_is_ignored() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut log = open(dir.path(), 200);
+        for i in 1..=30 {
+            append(&mut log, entries(1, i..=i)).await;
+        }
+        let before = segment_files(dir.path());
+        let saved = fs::read(dir.path().join(segment_name(before[0]))).expect("read");
+        log.purge(log_id(1, before[2])).await.expect("purge");
+        drop(log);
+        // The deletion did not reach the disk.
+        fs::write(dir.path().join(segment_name(before[0])), saved).expect("restore");
+        let mut log = open(dir.path(), 200);
+        assert_eq!(ids(&mut log).await, expected(1, before[2] + 1..=30));
+        assert!(!dir.path().join(segment_name(before[0])).exists(), "deleted again on open");
+    }
+
+    #[tokio::test]
+    async fn truncate_after_then_append() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut log = open(dir.path(), 200);
+        for i in 1..=20 {
+            append(&mut log, entries(1, i..=i)).await;
+        }
+        let segments = segment_files(dir.path());
+        // Cut in the middle of a segment: later segments go, that one shrinks.
+        let keep = segments[1] + 1;
+        log.truncate_after(Some(log_id(1, keep))).await.expect("truncate");
+        assert_eq!(segment_files(dir.path()), segments[..2].to_vec());
+        assert_eq!(ids(&mut log).await, expected(1, 1..=keep));
+        assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(log_id(1, keep)));
+        append(&mut log, entries(2, keep + 1..=keep + 3)).await;
+        let mut want = expected(1, 1..=keep);
+        want.extend(expected(2, keep + 1..=keep + 3));
+        assert_eq!(ids(&mut log).await, want);
+        drop(log);
+        let mut log = open(dir.path(), 200);
+        assert_eq!(ids(&mut log).await, want);
+
+        // Cut exactly at a segment's first entry: that segment goes whole.
+        let segments = segment_files(dir.path());
+        let at = segments[1];
+        log.truncate_after(Some(log_id(1, at - 1))).await.expect("truncate");
+        assert_eq!(segment_files(dir.path()), segments[..1].to_vec());
+        append(&mut log, entries(3, at..=at)).await;
+        let mut want = expected(1, 1..=at - 1);
+        want.push(log_id(3, at));
+        assert_eq!(ids(&mut log).await, want);
+
+        // An append over existing entries replaces them.
+        append(&mut log, entries(4, 2..=3)).await;
+        let mut want = expected(1, 1..=1);
+        want.extend(expected(4, 2..=3));
+        assert_eq!(ids(&mut log).await, want);
+
+        // Everything.
+        log.truncate_after(None).await.expect("truncate");
+        assert!(ids(&mut log).await.is_empty());
+        assert_eq!(segment_files(dir.path()), Vec::<u64>::new());
+        assert_eq!(log.get_log_state().await.expect("state").last_log_id, None);
+        drop(log);
+        let mut log = open(dir.path(), 200);
+        assert!(ids(&mut log).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn entries_are_read_across_segment_boundaries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut log = open(dir.path(), 300);
+        // One batch spanning several segments, then single appends.
+        append(&mut log, entries(1, 1..=25)).await;
+        for i in 26..=40 {
+            append(&mut log, entries(1, i..=i)).await;
+        }
+        let segments = segment_files(dir.path());
+        assert!(segments.len() >= 3, "several segments: {segments:?}");
+        assert_eq!(segments[0], 1);
+        for first in &segments {
+            let len = fs::metadata(dir.path().join(segment_name(*first))).expect("segment").len();
+            assert!(len <= 300 + 100, "segment {first} has {len} bytes");
+        }
+        assert_eq!(ids(&mut log).await, expected(1, 1..=40));
+        // A range that starts just before a boundary and ends just after.
+        let boundary = segments[1];
+        let got = log.try_get_log_entries(boundary - 1..=boundary).await.expect("read");
+        assert_eq!(got.iter().map(|e| e.log_id()).collect::<Vec<_>>(), expected(1, boundary - 1..=boundary));
+        drop(log);
+        let mut log = open(dir.path(), 300);
+        assert_eq!(ids(&mut log).await, expected(1, 1..=40));
+        assert_eq!(segment_files(dir.path()), segments);
+        // A roll whose new segment was created but never written is dropped.
+        drop(log);
+        let empty = dir.path().join(segment_name(41));
+        fs::write(&empty, SEGMENT_MAGIC).expect("empty segment");
+        let mut log = open(dir.path(), 300);
+        assert!(!empty.exists());
+        append(&mut log, entries(1, 41..=41)).await;
+        assert_eq!(ids(&mut log).await, expected(1, 1..=41));
+    }
+
+    #[tokio::test]
+    async fn an_old_sled_log_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::Config::new().path(dir.path().join("db")).open().expect("sled");
+        let log_dir = dir.path().join("log");
+        refuse_old_sled_log(&db, &log_dir).expect("no old log");
+        db.open_tree("raft").expect("tree").insert(b"k", b"v").expect("insert");
+        assert!(refuse_old_sled_log(&db, &log_dir).is_err());
+        fs::create_dir(&log_dir).expect("log dir");
+        refuse_old_sled_log(&db, &log_dir).expect("a new log exists");
     }
 }

@@ -26,6 +26,7 @@ use prometheus_client::encoding::EncodeMetric;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use quorumq_raft_state_machine::QueueInfo;
 
@@ -88,6 +89,7 @@ pub struct MetricsSource {
     pub alarms: Arc<Alarms>,
     pub events: Arc<RaftEvents>,
     pub data_dir: PathBuf,
+    pub batch_stats: Arc<crate::batcher::BatchStats>,
 }
 
 /// This node's Raft state as one scrape sees it.
@@ -141,6 +143,8 @@ pub struct Scrape {
     pub disk_free_bytes: Option<u64>,
     pub disk_total_bytes: Option<u64>,
     pub alarms: AlarmView,
+    /// Client commands per proposed entry (group commit), when known.
+    pub entry_commands: Option<Histogram>,
 }
 
 impl Scrape {
@@ -212,6 +216,7 @@ impl Scrape {
             disk_free_bytes: sample.disk_free_bytes,
             disk_total_bytes: sample.disk_total_bytes,
             alarms,
+            entry_commands: Some(source.batch_stats.entry_commands.clone()),
         }
     }
 }
@@ -356,6 +361,14 @@ impl Collector for ScrapeCollector {
             None,
             MetricType::Histogram,
         )?)?;
+        if let Some(histogram) = &s.entry_commands {
+            histogram.encode(e.encode_descriptor(
+                "raft_entry_commands",
+                "Client commands in each Raft entry this node proposed (group commit; 1: proposed alone).",
+                None,
+                MetricType::Histogram,
+            )?)?;
+        }
         gauge(
             e,
             "snapshot_bytes",
@@ -529,6 +542,12 @@ mod tests {
                 disk_free_min_bytes: 50_000_000,
                 memory_max_bytes: None,
             },
+            entry_commands: Some({
+                let h = crate::batcher::BatchStats::default().entry_commands;
+                h.observe(1.0);
+                h.observe(300.0);
+                h
+            }),
         }
     }
 
@@ -561,6 +580,10 @@ mod tests {
             "quorumq_log_flush_seconds_bucket{le=\"+Inf\"} 1",
             "quorumq_log_flush_entries_sum 3.0",
             "quorumq_snapshot_bytes 4096",
+            "quorumq_raft_entry_commands_count 2",
+            "quorumq_raft_entry_commands_sum 301.0",
+            "quorumq_raft_entry_commands_bucket{le=\"1.0\"} 1",
+            "quorumq_raft_entry_commands_bucket{le=\"512.0\"} 2",
             "quorumq_queues 2",
             "quorumq_queue_ready{queue=\"orders\"} 5",
             "quorumq_queue_ready{queue=\"empty\"} 0",

@@ -108,13 +108,16 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let dir_error = |reason: String| StartError::DataDir { dir: config.data_dir.display().to_string(), reason };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| dir_error(e.to_string()))?;
     let db_path = config.data_dir.join("db");
-    let db = tokio::task::spawn_blocking(move || sled::Config::new().path(db_path).open())
+    let cache_bytes = config.storage_cache_bytes;
+    let db = tokio::task::spawn_blocking(move || sled::Config::new().path(db_path).cache_capacity(cache_bytes).open())
         .await
         .map_err(|e| dir_error(e.to_string()))?
         .map_err(|e| dir_error(format!("{e} (is another node using it?)")))?;
 
-    let log = LogStore::open_with(db.clone(), QUEUES_GROUP, config.unsafe_ack_before_fsync)
-        .map_err(|e| dir_error(e.to_string()))?;
+    let log_dir = config.data_dir.join("log");
+    crate::log_store::refuse_old_sled_log(&db, &log_dir).map_err(|e| dir_error(e.to_string()))?;
+    let log = LogStore::open_with(&log_dir, QUEUES_GROUP, config.unsafe_ack_before_fsync)
+        .map_err(|e| dir_error(format!("opening the Raft log: {e}")))?;
     let log_stats = log.stats();
     let snapshot_dir = config.data_dir.join("snapshots");
     let sm_db = db.clone();
@@ -155,6 +158,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         message_bytes_max: config.message_bytes_max,
         push_consumers: Arc::default(),
         alarms: alarms.clone(),
+        batcher: crate::batcher::Batcher::start(raft.clone()),
     });
     let router = Router::new(config.id, HashMap::from([(QUEUES_GROUP, Group { raft: raft.clone(), sm: sm.clone() })]));
     let queues = client_pb::queues_server::QueuesServer::new(QueueService::new(ctx.clone()))
@@ -196,6 +200,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         tokio::spawn(crate::alarms::run_checks(alarms.clone())),
         tokio::spawn(crate::peer_status::poll(config.id, raft.clone(), channels.clone(), peer_statuses.clone())),
         tokio::spawn(crate::metrics::watch_raft(raft.clone(), events.clone())),
+        tokio::spawn(crate::leader_watch::run(raft.clone(), config.id)),
     ];
     let (stop_http, http, http_addr) = match http_listener {
         None => (None, None, None),
@@ -209,6 +214,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
                     alarms: alarms.clone(),
                     events,
                     data_dir: config.data_dir.clone(),
+                    batch_stats: ctx.batcher.stats(),
                 }),
                 peers: peer_statuses,
                 grpc_serving,

@@ -41,6 +41,8 @@ pub struct NodeCtx {
     /// Resource alarms of this node and its voters: sends are refused while
     /// any is on.
     pub alarms: Arc<crate::alarms::Alarms>,
+    /// Every command is proposed through it (group commit, `batcher.rs`).
+    pub batcher: crate::batcher::Batcher,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the leader's timestamp for
@@ -112,16 +114,16 @@ impl NodeCtx {
         require_leader(&self.raft)
     }
 
-    /// Proposes a command and waits until it is committed by a majority and
-    /// applied, or until `timeout` (then the outcome is unknown to us).
+    /// Proposes a command, stamped with this leader's clock, in an entry of
+    /// its own or with concurrent commands (group commit, `batcher.rs`), and
+    /// waits until it is committed by a majority and applied, or until
+    /// `timeout` (then the outcome is unknown to us).
     pub(crate) async fn write(&self, command: Command, timeout: Duration) -> Result<Outcome, Status> {
-        let request = qsm::Request { now_ms: now_ms(), command };
-        match tokio::time::timeout(timeout, self.raft.client_write(request)).await {
+        match tokio::time::timeout(timeout, self.batcher.write(command)).await {
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "not confirmed by a quorum within {timeout:?}: the outcome is unknown (is a majority of nodes up?)"
             ))),
-            Ok(Err(e)) => Err(errors::write_error(e)),
-            Ok(Ok(response)) => response.data.map_err(|e| errors::queue_error(&e)),
+            Ok(result) => result,
         }
     }
 

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::RwLock;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
@@ -179,6 +180,22 @@ struct Shared {
     /// it run ahead of them. Replaying an entry at or below it after a
     /// restart rebuilds the queue metadata only and skips rewriting bodies.
     bodies_applied: AtomicU64,
+    /// Log bytes applied since the last checkpoint (an estimate: bodies
+    /// plus a fixed cost per entry).
+    since_checkpoint: AtomicU64,
+    /// Set while a checkpoint is being written.
+    checkpointing: AtomicBool,
+    checkpoint_every: AtomicU64,
+    /// The least `checkpoint_every` may be ([`CHECKPOINT_EVERY_BYTES`]).
+    checkpoint_floor: AtomicU64,
+    /// 1 + the index of the checkpoint the state was loaded from at start
+    /// (0: none).
+    loaded_checkpoint: AtomicU64,
+    checkpoints_written: AtomicU64,
+    /// 1 + the index of the last checkpoint written (0: none yet).
+    last_checkpoint: AtomicU64,
+    /// Whether the threshold grows with the state (off once a test sets it).
+    checkpoint_adaptive: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -189,6 +206,14 @@ pub struct StateMachineStore {
 const META_CURRENT: &str = "current_snapshot";
 const META_INSTALLING: &str = "installing_snapshot";
 const META_BODIES_APPLIED: &str = "bodies_applied";
+const META_CHECKPOINT: &str = "checkpoint";
+
+/// A checkpoint is written once this many bytes of log have been applied
+/// since the last one (bodies plus [`CHECKPOINT_ENTRY_BYTES`] per entry).
+pub const CHECKPOINT_EVERY_BYTES: u64 = 64 << 20;
+/// What one entry counts towards [`CHECKPOINT_EVERY_BYTES`] besides its
+/// bodies: replaying acks and receives costs too.
+const CHECKPOINT_ENTRY_BYTES: u64 = 256;
 
 fn meta_key(group: GroupId, name: &str) -> Vec<u8> {
     let mut key = group.to_be_bytes().to_vec();
@@ -215,6 +240,14 @@ impl StateMachineStore {
             file_counter: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
             bodies_applied: AtomicU64::new(0),
+            since_checkpoint: AtomicU64::new(0),
+            checkpointing: AtomicBool::new(false),
+            checkpoint_every: AtomicU64::new(CHECKPOINT_EVERY_BYTES),
+            checkpoint_floor: AtomicU64::new(CHECKPOINT_EVERY_BYTES),
+            loaded_checkpoint: AtomicU64::new(0),
+            checkpoints_written: AtomicU64::new(0),
+            last_checkpoint: AtomicU64::new(0),
+            checkpoint_adaptive: AtomicBool::new(true),
         };
         if let Some(file_name) = shared.get_meta::<String>(META_INSTALLING)? {
             tracing::warn!(%file_name, "finishing a snapshot install interrupted by a crash");
@@ -225,19 +258,9 @@ impl StateMachineStore {
         if let Some(current) = shared.get_meta::<CurrentSnapshot>(META_CURRENT)? {
             let file = SnapshotFile::open(&shared.dir.join(&current.file_name))?;
             shared.snapshot_bytes.store(file.len()?, Ordering::Relaxed);
-            let reader = snapshot_file::Reader::open(file.reader())?;
-            let state = reader.state()?;
-            tracing::info!(
-                snapshot = %current.file_name,
-                messages = state.message_count(),
-                "loaded queue state from snapshot"
-            );
-            *shared.applied.write().expect("applied lock") = Applied {
-                last_applied: current.meta.last_log_id,
-                last_membership: current.meta.last_membership.clone(),
-                state,
-            };
+            shared.load_state(&current, file, "snapshot")?;
         }
+        shared.load_checkpoint()?;
         let bodies_applied = shared.get_meta::<u64>(META_BODIES_APPLIED)?.map_or(0, |index| index + 1);
         shared.bodies_applied.store(bodies_applied, Ordering::Relaxed);
         if bodies_applied > 0 {
@@ -248,6 +271,31 @@ impl StateMachineStore {
         }
         shared.remove_stale_files(true)?;
         Ok(StateMachineStore { shared: Arc::new(shared) })
+    }
+
+    /// Fixes how many bytes of log are applied between checkpoints (tests
+    /// use a small value). By default it is [`CHECKPOINT_EVERY_BYTES`] or 8
+    /// times the encoded state, whichever is larger.
+    pub fn set_checkpoint_every(&self, bytes: u64) {
+        self.shared.checkpoint_adaptive.store(false, Ordering::Relaxed);
+        self.shared.checkpoint_floor.store(bytes, Ordering::Relaxed);
+        self.shared.checkpoint_every.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The log index of the checkpoint the state was loaded from when this
+    /// node started, if it was loaded from one.
+    pub fn loaded_checkpoint(&self) -> Option<u64> {
+        self.shared.loaded_checkpoint.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// The log index of the last checkpoint written since this node started.
+    pub fn last_checkpoint(&self) -> Option<u64> {
+        self.shared.last_checkpoint.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Checkpoints written since this node started.
+    pub fn checkpoints_written(&self) -> u64 {
+        self.shared.checkpoints_written.load(Ordering::Relaxed)
     }
 
     pub fn notifier(&self) -> &Notifier {
@@ -367,6 +415,119 @@ impl Shared {
         }
     }
 
+    /// Makes the state in `file` (a snapshot or a checkpoint, described by
+    /// `current`) the applied state.
+    fn load_state(&self, current: &CurrentSnapshot, file: SnapshotFile, kind: &str) -> io::Result<()> {
+        let state = snapshot_file::Reader::open(file.reader())?.state()?;
+        tracing::info!(file = %current.file_name, messages = state.message_count(), "loaded queue state from {kind}");
+        *self.applied.write().expect("applied lock") = Applied {
+            last_applied: current.meta.last_log_id,
+            last_membership: current.meta.last_membership.clone(),
+            state,
+        };
+        Ok(())
+    }
+
+    /// Loads the latest checkpoint if it is newer than the snapshot loaded
+    /// before it: openraft then replays only the log after it.
+    fn load_checkpoint(&self) -> io::Result<()> {
+        let current = self.get_meta::<CurrentSnapshot>(META_CHECKPOINT)?;
+        self.remove_stale_checkpoints(current.as_ref().map(|c| c.file_name.as_str()))?;
+        let Some(current) = current else { return Ok(()) };
+        let applied = self.applied.read().expect("applied lock").last_applied.map(|id| id.index());
+        let checkpoint = current.meta.last_log_id.map(|id| id.index());
+        if checkpoint <= applied {
+            return Ok(());
+        }
+        self.load_state(&current, SnapshotFile::open(&self.dir.join(&current.file_name))?, "checkpoint")?;
+        self.loaded_checkpoint.store(checkpoint.map_or(0, |i| i + 1), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Deletes checkpoint files other than `keep`.
+    fn remove_stale_checkpoints(&self, keep: Option<&str>) -> io::Result<()> {
+        for dirent in std::fs::read_dir(&self.dir)? {
+            let dirent = dirent?;
+            let name = dirent.file_name().to_string_lossy().into_owned();
+            if name.starts_with("ckpt-") && Some(name.as_str()) != keep {
+                std::fs::remove_file(dirent.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the state at `meta.last_log_id`. The message
+    /// records written by entries up to that index are flushed first, so
+    /// that a restart from the checkpoint finds every body it names.
+    fn write_checkpoint(&self, meta: &SnapshotMeta, state_bytes: &[u8]) -> io::Result<()> {
+        self.flush()?;
+        let tmp = self.dir.join(self.new_file_name("tmp"));
+        snapshot_file::Writer::create(&tmp, meta, state_bytes)?.finish()?;
+        let index = meta.last_log_id.as_ref().map_or(0, |id| id.index());
+        let file_name = format!("ckpt-{index:020}-{}", self.new_file_name("c"));
+        std::fs::rename(&tmp, self.dir.join(&file_name))?;
+        sync_dir(&self.dir)?;
+        self.put_meta(META_CHECKPOINT, &CurrentSnapshot { file_name: file_name.clone(), meta: meta.clone() })?;
+        self.flush()?;
+        self.remove_stale_checkpoints(Some(&file_name))?;
+        self.checkpoints_written.fetch_add(1, Ordering::Relaxed);
+        self.last_checkpoint.store(index + 1, Ordering::Relaxed);
+        tracing::debug!(last_log_id = ?meta.last_log_id, state_bytes = state_bytes.len(), "wrote checkpoint");
+        Ok(())
+    }
+
+    /// Starts a checkpoint in the background when enough log has been
+    /// applied since the last one. Called by the state machine task after an
+    /// apply, so the state captured is exactly the state at `last_applied`.
+    ///
+    /// A checkpoint is the queue state without bodies (those are in sled):
+    /// cheap next to a snapshot, which copies every body. On restart the
+    /// node loads the newest of snapshot and checkpoint and replays only the
+    /// log after it. The threshold grows with the state (8 x its encoded
+    /// size), so a large backlog is not re-encoded too often.
+    fn maybe_checkpoint(self: &Arc<Shared>) -> io::Result<()> {
+        if self.since_checkpoint.load(Ordering::Relaxed) < self.checkpoint_every.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        {
+            // Deletions held back for a snapshot copy are not in sled yet: a
+            // checkpoint now would leave their records behind for good.
+            let deferred = self.deferred.lock().expect("deferred lock");
+            if deferred.building > 0 || !deferred.ops.is_empty() {
+                return Ok(());
+            }
+        }
+        if self.checkpointing.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let captured = {
+            let applied = self.applied.read().expect("applied lock");
+            let meta =
+                SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.last_membership.clone() };
+            encode(&applied.state).map(|bytes| (meta, bytes))
+        };
+        let (meta, state_bytes) = match captured {
+            Ok(captured) => captured,
+            Err(e) => {
+                self.checkpointing.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
+        self.since_checkpoint.store(0, Ordering::Relaxed);
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = shared.write_checkpoint(&meta, &state_bytes) {
+                tracing::error!(error = %e, "writing a checkpoint failed");
+            }
+            if shared.checkpoint_adaptive.load(Ordering::Relaxed) {
+                let every = shared.checkpoint_floor.load(Ordering::Relaxed).max(8 * state_bytes.len() as u64);
+                shared.checkpoint_every.store(every, Ordering::Relaxed);
+            }
+            shared.checkpointing.store(false, Ordering::Release);
+        });
+        Ok(())
+    }
+
     /// Replaces every message record of the group with those of `snapshot`
     /// (a file in our directory), then makes it the current snapshot.
     /// Idempotent, so a crash at any point is finished by running it again.
@@ -445,7 +606,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut written: HashMap<[u8; 24], MessageRecord> = HashMap::new();
         let bodies_applied = shared.bodies_applied.load(Ordering::Relaxed);
         let mut last_index = None;
+        let mut applied_bytes = 0u64;
         while let Some((entry, responder)) = entries.try_next().await? {
+            applied_bytes += CHECKPOINT_ENTRY_BYTES;
             // Replayed after a restart, and its records are already written:
             // rebuild the metadata only.
             let replay = entry.log_id.index() < bodies_applied;
@@ -468,6 +631,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for effect in effects.drain(..) {
                 match effect {
                     Effect::PutMessage { queue_id, seq, record } => {
+                        applied_bytes += record.body.len() as u64;
                         let key = message_keys::message(shared.group, queue_id, seq);
                         batch.insert(&key, encode(&record)?);
                         written.insert(key, record);
@@ -556,7 +720,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for queue in woken {
             shared.notifier.wake(&queue);
         }
-        Ok(())
+        shared.since_checkpoint.fetch_add(applied_bytes, Ordering::Relaxed);
+        shared.maybe_checkpoint()
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<SnapshotBuilder> {

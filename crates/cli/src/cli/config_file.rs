@@ -8,8 +8,8 @@
 //! listen = "0.0.0.0:7001"
 //! data_dir = "/var/lib/quorumq"
 //! peers = "1=a:7001,2=b:7001,3=c:7001"   # or a table: [peers] 1 = "a:7001" …
-//! heartbeat_interval = "50ms"
-//! election_timeout = "300ms..600ms"
+//! heartbeat_interval = "30ms"
+//! election_timeout = "100ms..200ms"
 //! join = false
 //! ```
 //!

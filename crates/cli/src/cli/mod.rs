@@ -5,6 +5,7 @@
 //! stderr); 2 the command line or configuration is invalid.
 
 mod bench;
+mod bench_failover;
 mod client_cmds;
 mod config_file;
 mod consume;
@@ -68,6 +69,9 @@ enum Cmd {
     Cluster(client_cmds::ClusterCmd),
     /// Measure send (and receive) throughput and latency.
     Bench(bench::BenchArgs),
+    /// Kill (or cut off) the leader of a local cluster again and again while
+    /// sending, and measure how long confirmed writes stop.
+    BenchFailover(bench_failover::BenchFailoverArgs),
 }
 
 /// An error that ends the command: printed as one line; exit code 1, or 2
@@ -133,6 +137,7 @@ pub fn main() -> ExitCode {
             Cmd::Bench(args) => {
                 bench::run(&cli.cluster, cli.timeout, client_cmds::Output { json: cli.json }, args).await
             }
+            Cmd::BenchFailover(args) => bench_failover::run(client_cmds::Output { json: cli.json }, args).await,
             command => {
                 let client = client_cmds::connect(&cli.cluster, cli.timeout)?;
                 let out = client_cmds::Output { json: cli.json };
@@ -145,7 +150,9 @@ pub fn main() -> ExitCode {
                     Cmd::Nack(args) => client_cmds::nack(&client, out, args).await,
                     Cmd::Visibility(args) => client_cmds::visibility(&client, out, args).await,
                     Cmd::Cluster(cmd) => client_cmds::cluster(&client, out, cmd).await,
-                    Cmd::Server(_) | Cmd::Dev(_) | Cmd::Demo(_) | Cmd::Bench(_) => unreachable!("handled above"),
+                    Cmd::Server(_) | Cmd::Dev(_) | Cmd::Demo(_) | Cmd::Bench(_) | Cmd::BenchFailover(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             }
         }

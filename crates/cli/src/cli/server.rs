@@ -47,15 +47,21 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 1024 * 1024)]
     max_message_bytes: usize,
     /// How often the leader sends heartbeats.
-    #[arg(long, value_parser = parse_duration, default_value = "50ms")]
+    #[arg(long, value_parser = parse_duration, default_value = "30ms")]
     heartbeat_interval: Duration,
-    /// A follower that hears no leader for a random time in this range
-    /// (MIN..MAX) starts an election.
-    #[arg(long, value_parser = parse_range, default_value = "300ms..600ms")]
+    /// A follower that hears no leader for MAX (the leader's lease) plus a
+    /// random time in MIN..MAX starts an election. MIN is at least 3
+    /// heartbeat intervals.
+    #[arg(long, value_parser = parse_range, default_value = "100ms..200ms")]
     election_timeout: (Duration, Duration),
     /// Build a snapshot (and compact the log) after this many entries.
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
+    /// Memory for the storage engine's page cache (sled, which holds the
+    /// message records): bytes, or with a unit: 64MiB, 256MB. Reads of
+    /// records not cached go to disk (the OS page cache).
+    #[arg(long, env = "QUORUMQ_STORAGE_CACHE", value_name = "BYTES", value_parser = quorumq_node::alarms::parse_bytes, default_value = "64MiB")]
+    storage_cache: u64,
     /// Serve /metrics (Prometheus), /health and /ready over plain HTTP on
     /// this address (HOST:PORT, not the --listen one).
     #[arg(long, env = "QUORUMQ_HTTP", value_name = "HOST:PORT")]
@@ -156,6 +162,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     config.election_timeout_min_ms = args.election_timeout.0.as_millis() as u64;
     config.election_timeout_max_ms = args.election_timeout.1.as_millis() as u64;
     config.snapshot_every_entries = args.snapshot_every;
+    config.storage_cache_bytes = args.storage_cache;
     config.http_listen = args.http;
     config.alarm_limits = quorumq_node::alarms::AlarmLimits {
         disk_free_min_bytes: args.disk_free_min,
@@ -181,6 +188,21 @@ mod tests {
 
     /// A StatefulSet pod's ordinal gives its id; a host name without one,
     /// or with one too large, is refused with a reason.
+    #[test]
+    fn timing_defaults_are_the_nodes_own() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            server: ServerArgs,
+        }
+        let args = Wrapper::parse_from(["quorumq"]).server;
+        let config = Config::new(1, "127.0.0.1:1".parse().unwrap(), "/tmp/x".into(), parse_peers("1=h:1").unwrap());
+        assert_eq!(args.heartbeat_interval.as_millis() as u64, config.heartbeat_interval_ms);
+        assert_eq!(args.election_timeout.0.as_millis() as u64, config.election_timeout_min_ms);
+        assert_eq!(args.election_timeout.1.as_millis() as u64, config.election_timeout_max_ms);
+    }
+
     #[test]
     fn ids_from_host_names() {
         assert_eq!(id_from_hostname("quorumq-0"), Ok(1));
