@@ -437,3 +437,23 @@ async fn the_cli_drives_dead_letters_limits_delays_and_push_consumers() {
     let s = stats(&cluster, "jobs");
     assert_eq!((s["ready"].as_u64(), s["in_flight"].as_u64(), s["delayed"].as_u64()), (Some(0), Some(0), Some(1)));
 }
+
+/// `quorumq bench-failover` kills the leader of its own local cluster twice
+/// and reports, as one JSON object, how long writes stopped in each trial.
+#[test]
+fn bench_failover_measures_two_trials() {
+    let args = ["--json", "bench-failover", "--trials", "2", "--settle", "300ms", "--max-time", "80s"];
+    let out = quorumq_tests::run_cli(&node_binary!(), &args, None, Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "bench-failover failed: {out:?}");
+    let report: Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    assert_eq!(report["mode"], "kill");
+    let trials = report["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 2, "{report}");
+    for trial in trials {
+        let resume = trial["resume_ms"].as_f64().expect("writes resumed");
+        assert!(resume > 0.0 && resume < 10_000.0, "{trial}");
+        assert_ne!(trial["leader"], trial["new_leader"], "{trial}");
+    }
+    assert_eq!(report["resume"]["count"], 2);
+    assert!(report["resume"]["p50_ms"].as_f64().is_some(), "{report}");
+}

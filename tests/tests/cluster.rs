@@ -270,37 +270,47 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot() {
     create_queue(&client, "snap").await;
     cluster.stop(behind);
 
-    // The leader keeps 1000 entries behind its latest snapshot: send more
-    // than that many entries (batches of two messages) so that the entries
-    // the stopped follower needs are purged.
+    // The leader keeps 1000 entries behind its latest snapshot: write more
+    // than that many entries (sends of two messages) so that the entries the
+    // stopped follower needs are purged. Concurrent sends share entries
+    // (group commit, batcher.rs), so send in rounds until the log is long
+    // enough rather than counting calls.
     const TASKS: usize = 6;
     const BATCHES_PER_TASK: usize = 250;
+    const ENTRIES_NEEDED: u64 = 1_300;
     let started = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|t| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let mut acked = Vec::new();
-                for b in 0..BATCHES_PER_TASK {
-                    let bodies = [format!("t{t}-b{b}-0"), format!("t{t}-b{b}-1")];
-                    let messages = bodies.iter().map(|body| OutgoingMessage::new(body.clone())).collect();
-                    let results = client.send_batch("snap", messages).await.expect("send a batch");
-                    for (body, result) in bodies.into_iter().zip(results) {
-                        result.expect("send a message");
-                        acked.push(body);
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
     let mut sent = quorumq_tests::Sent::default();
-    for task in tasks {
-        sent.acked.extend(task.await.unwrap());
-    }
-    eprintln!("sent {} messages in {} batches in {:?}", sent.acked.len(), TASKS * BATCHES_PER_TASK, started.elapsed());
-    let committed = cluster.node_status(leader).await.unwrap().committed_index;
-    assert!(committed > (TASKS * BATCHES_PER_TASK) as u64);
+    let mut round = 0;
+    let committed = loop {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for b in 0..BATCHES_PER_TASK {
+                        let bodies = [format!("r{round}-t{t}-b{b}-0"), format!("r{round}-t{t}-b{b}-1")];
+                        let messages = bodies.iter().map(|body| OutgoingMessage::new(body.clone())).collect();
+                        let results = client.send_batch("snap", messages).await.expect("send a batch");
+                        for (body, result) in bodies.into_iter().zip(results) {
+                            result.expect("send a message");
+                            acked.push(body);
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        for task in tasks {
+            sent.acked.extend(task.await.unwrap());
+        }
+        round += 1;
+        let committed = cluster.node_status(leader).await.unwrap().committed_index;
+        if committed > ENTRIES_NEEDED {
+            break committed;
+        }
+        assert!(round < 20, "{round} rounds of sends made only {committed} entries");
+    };
+    eprintln!("sent {} messages in {round} rounds, {committed} entries, in {:?}", sent.acked.len(), started.elapsed());
     // Snapshots are built in the background: wait until the leader has
     // purged the entries the stopped follower lacks, so that only a snapshot
     // can bring it up to date.

@@ -31,33 +31,22 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Sends `count` messages with bodies `{prefix}-{t}-{n}` from 4 concurrent
-/// tasks, one message per send (so one log entry each), and returns the
-/// bodies, all acknowledged.
+/// Sends `count` messages with bodies `{prefix}-{n}`, one at a time and one
+/// message per send, and returns the bodies, all acknowledged. One send
+/// waits for the one before it, so the batcher has nothing to merge and
+/// each send is a log entry of its own: the test needs a log long enough
+/// to be compacted.
 async fn send_many(cluster: &TestCluster, queue: &str, prefix: &str, count: usize) -> BTreeSet<String> {
-    const TASKS: usize = 4;
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|t| {
-            let client = cluster.client(HARNESS_DEADLINE);
-            let (queue, prefix) = (queue.to_string(), prefix.to_string());
-            tokio::spawn(async move {
-                let mut sent = Vec::new();
-                for n in (t..count).step_by(TASKS) {
-                    let body = format!("{prefix}-{n}");
-                    let results = client
-                        .send_batch(&queue, vec![OutgoingMessage::new(body.clone())])
-                        .await
-                        .unwrap_or_else(|e| panic!("send {body}: {e}"));
-                    results.into_iter().next().unwrap().unwrap_or_else(|e| panic!("send {body}: {e}"));
-                    sent.push(body);
-                }
-                sent
-            })
-        })
-        .collect();
+    let client = cluster.client(HARNESS_DEADLINE);
     let mut all = BTreeSet::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
+    for n in 0..count {
+        let body = format!("{prefix}-{n}");
+        let results = client
+            .send_batch(queue, vec![OutgoingMessage::new(body.clone())])
+            .await
+            .unwrap_or_else(|e| panic!("send {body}: {e}"));
+        results.into_iter().next().unwrap().unwrap_or_else(|e| panic!("send {body}: {e}"));
+        all.insert(body);
     }
     assert_eq!(all.len(), count);
     all
