@@ -125,6 +125,9 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         .await
         .map_err(|e| dir_error(e.to_string()))?
         .map_err(|e| dir_error(format!("opening the state machine: {e}")))?;
+    if config.unsafe_ack_before_fsync {
+        sm.disable_replay_watermark();
+    }
 
     let channels = Channels::default();
     let network = Network { self_id: config.id, group: QUEUES_GROUP, channels: channels.clone() };

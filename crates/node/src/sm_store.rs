@@ -196,6 +196,9 @@ struct Shared {
     last_checkpoint: AtomicU64,
     /// Whether the threshold grows with the state (off once a test sets it).
     checkpoint_adaptive: AtomicBool,
+    /// Whether [`Shared::bodies_applied`] is kept and used (see
+    /// [`StateMachineStore::disable_replay_watermark`]).
+    replay_watermark: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -248,6 +251,7 @@ impl StateMachineStore {
             checkpoints_written: AtomicU64::new(0),
             last_checkpoint: AtomicU64::new(0),
             checkpoint_adaptive: AtomicBool::new(true),
+            replay_watermark: AtomicBool::new(true),
         };
         if let Some(file_name) = shared.get_meta::<String>(META_INSTALLING)? {
             tracing::warn!(%file_name, "finishing a snapshot install interrupted by a crash");
@@ -280,6 +284,20 @@ impl StateMachineStore {
         self.shared.checkpoint_adaptive.store(false, Ordering::Relaxed);
         self.shared.checkpoint_floor.store(bytes, Ordering::Relaxed);
         self.shared.checkpoint_every.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Stops using the replay watermark ([`Shared::bodies_applied`]): a
+    /// replay after a restart rewrites every body. For the test-only broken
+    /// mode (`Config::unsafe_ack_before_fsync`) only: there the Raft log
+    /// loses entries the state machine has already applied (and written to
+    /// sled, which a killed process does not lose), and a new leader writes
+    /// other entries at those indexes; a watermark above them would make
+    /// the replay skip their bodies and leave delivered messages without a
+    /// record. A correct log never loses an applied entry, so the watermark
+    /// can never be above the durable log there.
+    pub fn disable_replay_watermark(&self) {
+        self.shared.replay_watermark.store(false, Ordering::Relaxed);
+        self.shared.bodies_applied.store(0, Ordering::Relaxed);
     }
 
     /// The log index of the checkpoint the state was loaded from when this
@@ -705,6 +723,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // a snapshot copy (then a replay must redo them).
         if let Some(index) = last_index
             && index >= bodies_applied
+            && shared.replay_watermark.load(Ordering::Relaxed)
         {
             let deferred = shared.deferred.lock().expect("deferred lock");
             if deferred.building == 0 && deferred.ops.is_empty() {
