@@ -82,11 +82,51 @@ pub struct LocalCluster {
     nodes: BTreeMap<u64, LocalNode>,
 }
 
-/// Ports the OS reports free now. Another process may take one before the
-/// node binds it; the node then fails to start with a clear error.
+/// Ports free now, chosen below the kernel's ephemeral range
+/// (`ip_local_port_range`, 32768 and up by default). A port taken from
+/// that range (by binding port 0) can be handed by the kernel to any
+/// outgoing connection of any process before the node binds it, which made
+/// test nodes fail to start now and then; below it only a process that
+/// binds that very port can take it. Successive calls in one process walk
+/// the range from a random start, so concurrent clusters of one test run
+/// never pick the same port. Another process may still bind one first; the
+/// node then fails to start with a clear error.
 pub fn free_ports(count: usize) -> io::Result<Vec<u16>> {
-    let listeners: Vec<_> =
-        (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<io::Result<_>>()?;
+    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::Ordering;
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let high = ephemeral_start.min(u32::from(u16::MAX) + 1);
+    if high < LOW + 1_000 {
+        // No room below the ephemeral range: let the OS choose.
+        let listeners: Vec<_> =
+            (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<io::Result<_>>()?;
+        return listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect();
+    }
+    let span = high - LOW;
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let _ = NEXT.compare_exchange(0, seed % span + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    // Held until every port is chosen, so one call never repeats a port.
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..span {
+        if listeners.len() == count {
+            break;
+        }
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            listeners.push(listener);
+        }
+    }
+    if listeners.len() < count {
+        return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("fewer than {count} free ports below {high}")));
+    }
     listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
