@@ -50,6 +50,7 @@ pub(crate) struct Inner {
     pub(crate) attempt_timeout: Duration,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
+    pub(crate) coalescer: crate::coalesce::Coalescer,
 }
 
 impl Client {
@@ -72,6 +73,7 @@ impl Client {
                 attempt_timeout: config.attempt_timeout,
                 backoff_initial: config.backoff_initial,
                 backoff_max: config.backoff_max,
+                coalescer: Default::default(),
             }),
             deadline: config.deadline,
         })
@@ -357,6 +359,13 @@ impl Client {
     /// Sends one message. It is acknowledged once a majority of nodes holds
     /// it on disk.
     ///
+    /// Concurrent sends to the same queue through one client (and its
+    /// clones of the same deadline) share Send calls: at most four calls per
+    /// queue run at a time, and sends arriving meanwhile leave together in
+    /// the next one, each with its own result. A send with no other in
+    /// flight leaves at once, alone. Use [`Client::send_batch`] to choose
+    /// the batches yourself.
+    ///
     /// The client gives the message a random id before the first attempt and
     /// sends the same id on every retry, so a retry after an attempt of
     /// unknown outcome (timeout, lost connection, leader change) is
@@ -459,10 +468,10 @@ impl Client {
         Ok(response.results.into_iter().map(convert::send_result).collect())
     }
 
+    /// One message: concurrent ones to the same queue share Send calls
+    /// (`coalesce.rs`).
     async fn send_one(&self, queue: &str, message: OutgoingMessage) -> Result<SendReceipt, Error> {
-        let mut results = self.send_batch(queue, vec![message]).await?;
-        let result = results.pop().expect("send_batch checked the result count");
-        result.map_err(Error::from)
+        self.send_coalesced(queue, message).await
     }
 
     /// Receives up to `options.max_messages` messages, making them invisible

@@ -60,6 +60,7 @@
 mod call;
 mod client;
 mod cluster;
+mod coalesce;
 mod config;
 mod consumer;
 mod convert;

@@ -111,3 +111,21 @@ pub const SUBSCRIPTION_REQUESTS_QUEUED_MAX: usize = 64;
 // A generated id must fit the server's limit of 128 bytes on message ids.
 const _: () = assert!(GENERATED_ID_PREFIX.len() + (GENERATED_ID_RANDOM_BITS as usize / 4) <= 128);
 const _: () = assert!(CHANNELS_MAX >= KNOWN_NODES_MAX);
+
+/// Send calls per queue running at a time for one-message sends
+/// ([`crate::Client::send`]); sends beyond them wait and share the next call
+/// (`coalesce.rs`). Each call is one HTTP/2 stream; the leader's own
+/// batcher merges what arrives meanwhile, so a few suffice to keep it busy.
+pub const COALESCE_CALLS_IN_FLIGHT: usize = 4;
+
+/// Messages in one coalesced Send call, at most (the server takes 1000).
+pub const COALESCE_MESSAGES_MAX: usize = 256;
+
+/// Bytes in one coalesced Send call, roughly, at most (the server takes
+/// 8 MiB); a larger single message still goes out, alone.
+pub const COALESCE_BYTES_MAX: usize = 1024 * 1024;
+
+/// How long past its deadline a coalesced send waits for its call to answer
+/// before it answers DEADLINE_EXCEEDED itself: the call's own error (which
+/// says what its attempts saw) normally comes first.
+pub const COALESCE_WAIT_GRACE: Duration = Duration::from_millis(50);
