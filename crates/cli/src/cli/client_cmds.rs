@@ -915,12 +915,14 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                     "last_log_index": s.last_log_index,
                     "committed_index": s.committed_index,
                     "applied_index": s.applied_index,
+                    "snapshot_index": s.snapshot_index,
+                    "purged_index": s.purged_index,
                     "initialized": s.initialized,
                     "alarms": s.alarms,
                 }));
             } else {
                 println!(
-                    "node {} at {}: {} in term {}, leader {}, log {}, committed {}, applied {}",
+                    "node {} at {}: {} in term {}, leader {}, log {}, committed {}, applied {}, snapshot {}, purged {}",
                     s.id,
                     s.address,
                     s.role.as_str(),
@@ -928,7 +930,9 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                     s.leader_id.map_or("unknown".to_string(), |l| l.to_string()),
                     s.last_log_index,
                     s.committed_index,
-                    s.applied_index
+                    s.applied_index,
+                    s.snapshot_index,
+                    s.purged_index
                 );
                 for alarm in &s.alarms {
                     println!("alarm: {alarm}");
