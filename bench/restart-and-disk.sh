@@ -110,9 +110,22 @@ while [ "$("$q" --cluster "$cluster" queue stats backlog --json | python3 -c 'im
     "$q" --cluster "$cluster" recv backlog --max 1000 --ack > /dev/null
 done
 echo "drained in $(( $(now_ms) - t0 )) ms"
-# Enough small writes to pass --snapshot-every, so that a snapshot of the
-# (now empty) queues is taken and the log behind it purged.
-"$q" --cluster "$cluster" bench --queue filler --producers 4 --inflight 4 --batch 1 --size 16 \
-    --messages $((snapshot_every + 2000)) --consumers 2 --json > /dev/null
+# Small writes until every node has a snapshot taken after the drain and has
+# purged its log behind it (concurrent sends share entries, so count the
+# snapshots, not the writes).
+drained=$(node_json "$(wait_leader)" | field committed_index)
+for round in $(seq 1 20); do
+    done_nodes=0
+    for id in 1 2 3; do
+        snap=$(node_json "$id" | field snapshot_index 2>/dev/null || echo 0)
+        [ "${snap:-0}" -ge "$drained" ] && done_nodes=$((done_nodes + 1))
+    done
+    [ "$done_nodes" = 3 ] && break
+    "$q" --cluster "$cluster" bench --queue filler --producers 4 --inflight 1 --batch 1 --size 16 \
+        --messages "$snapshot_every" --consumers 2 --json > /dev/null
+done
 sleep 5
 echo "after acking everything and a snapshot: disk $(disk)"
+for id in 1 2 3; do
+    echo "  node $id: $(du -sb "$dir/node$id"/* | awk '{ n=split($2, p, "/"); printf "%s%s %.1f MiB", sep, p[n], $1 / 1048576; sep=", " }')"
+done
