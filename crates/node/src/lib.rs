@@ -2,6 +2,7 @@
 
 pub mod alarms;
 pub mod batcher;
+pub mod body_store;
 pub mod codec;
 pub mod config;
 pub mod consume;

@@ -138,6 +138,7 @@ pub struct Scrape {
     pub queues: Vec<QueueInfo>,
     pub now_ms: u64,
     pub snapshot_bytes: u64,
+    pub body_store_bytes: u64,
     pub resident_memory_bytes: Option<u64>,
     pub data_dir_bytes: Option<u64>,
     pub disk_free_bytes: Option<u64>,
@@ -211,6 +212,7 @@ impl Scrape {
             queues,
             now_ms: state_now,
             snapshot_bytes: source.sm.snapshot_bytes(),
+            body_store_bytes: source.sm.body_bytes(),
             resident_memory_bytes: sample.resident_memory_bytes,
             data_dir_bytes: crate::alarms::dir_disk_bytes(data_dir),
             disk_free_bytes: sample.disk_free_bytes,
@@ -375,6 +377,12 @@ impl Collector for ScrapeCollector {
             "Size of this node's current snapshot file (last built, installed or loaded), 0 when none.",
             s.snapshot_bytes,
         )?;
+        gauge(
+            e,
+            "body_store_bytes",
+            "Bytes of the message body segment files, retired ones waiting for a checkpoint included.",
+            s.body_store_bytes,
+        )?;
 
         // Queues, as applied on this node.
         gauge(e, "queues", "Queues that exist.", s.queues.len() as u64)?;
@@ -531,6 +539,7 @@ mod tests {
             queues: vec![queue("orders", 5, 10_000), queue("empty", 0, 0)],
             now_ms: 12_500,
             snapshot_bytes: 4096,
+            body_store_bytes: 8192,
             resident_memory_bytes: Some(30_000_000),
             data_dir_bytes: Some(1_000_000),
             disk_free_bytes: Some(40_000_000),
@@ -580,6 +589,7 @@ mod tests {
             "quorumq_log_flush_seconds_bucket{le=\"+Inf\"} 1",
             "quorumq_log_flush_entries_sum 3.0",
             "quorumq_snapshot_bytes 4096",
+            "quorumq_body_store_bytes 8192",
             "quorumq_raft_entry_commands_count 2",
             "quorumq_raft_entry_commands_sum 301.0",
             "quorumq_raft_entry_commands_bucket{le=\"1.0\"} 1",

@@ -119,15 +119,12 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let log = LogStore::open_with(&log_dir, QUEUES_GROUP, config.unsafe_ack_before_fsync)
         .map_err(|e| dir_error(format!("opening the Raft log: {e}")))?;
     let log_stats = log.stats();
-    let snapshot_dir = config.data_dir.join("snapshots");
+    let sm_dir = config.data_dir.clone();
     let sm_db = db.clone();
-    let sm = tokio::task::spawn_blocking(move || StateMachineStore::open(sm_db, QUEUES_GROUP, &snapshot_dir))
+    let sm = tokio::task::spawn_blocking(move || StateMachineStore::open(sm_db, QUEUES_GROUP, &sm_dir))
         .await
         .map_err(|e| dir_error(e.to_string()))?
         .map_err(|e| dir_error(format!("opening the state machine: {e}")))?;
-    if config.unsafe_ack_before_fsync {
-        sm.disable_replay_watermark();
-    }
 
     let channels = Channels::default();
     let network = Network { self_id: config.id, group: QUEUES_GROUP, channels: channels.clone() };

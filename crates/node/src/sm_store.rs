@@ -1,23 +1,25 @@
 //! openraft's state machine for one group: the pure queue [`State`] in RAM,
-//! message records in sled, snapshots in files.
+//! message records in the body store (`body_store.rs`), snapshots and
+//! checkpoints in files.
 //!
 //! Where each part lives and why:
 //! - The queue metadata (`State`) is in RAM and is rebuilt on restart from
-//!   the latest snapshot plus the log after it (openraft re-applies committed
-//!   entries above the snapshot on start-up).
-//! - Message records (id, body) are in the sled tree `messages`, written as
-//!   entries are applied, without a flush of their own: the Raft log is the
-//!   durable copy, and re-applying an entry rewrites the same records.
+//!   the newest checkpoint plus the log after it (openraft re-applies
+//!   committed entries above it on start-up).
+//! - Message records (id, body) are appended to the body store's segment
+//!   files as entries are applied, without a flush of their own: the Raft
+//!   log is the durable copy, and re-applying an entry appends the same
+//!   records again.
+//! - A checkpoint is a file holding the `State` and the body store's index
+//!   as of one log index; it is written after every segment is synced, so a
+//!   restart from it finds every body it names. It is cheap next to a
+//!   snapshot (no bodies), and it is also what lets the body store delete
+//!   retired segments.
 //! - A snapshot is a file holding the `State` and a copy of every live
-//!   message record as of one log index. Building one flushes sled first, so
-//!   that every record written by entries up to that index is on disk before
-//!   openraft may purge those entries.
-//!
-//! While a snapshot is being built (copied out of sled in a background task),
-//! deletions of message records are deferred until the copy is done: a
-//! message acked after the snapshot's index must still be readable by the
-//! copier. Deferred deletions are bounded (`DeleteMessages` carries an upper
-//! seq), so carrying them out late never touches newer messages.
+//!   message record as of one log index. Building one writes a checkpoint
+//!   at the same index first, so that once openraft purges the log behind
+//!   the snapshot, a restart needs neither the purged entries nor a copy of
+//!   the bodies.
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
@@ -52,6 +54,9 @@ use serde::Deserialize;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::body_store::BodyStore;
+use crate::body_store::Capture;
+use crate::body_store::Loc;
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::codec::message_keys;
@@ -145,27 +150,13 @@ struct CurrentSnapshot {
     meta: SnapshotMeta,
 }
 
-enum DeleteOp {
-    One([u8; 24]),
-    Below { queue_id: QueueId, before: Seq },
-}
-
-#[derive(Default)]
-struct Deferred {
-    /// Snapshot copies in progress (openraft runs one at a time; counted to
-    /// stay correct regardless).
-    building: u32,
-    ops: Vec<DeleteOp>,
-}
-
 struct Shared {
     group: GroupId,
     db: sled::Db,
-    messages: sled::Tree,
     meta: sled::Tree,
     dir: PathBuf,
+    bodies: BodyStore,
     applied: RwLock<Applied>,
-    deferred: Mutex<Deferred>,
     /// Held while a snapshot is copied out or installed: the two must not
     /// interleave.
     snapshot_lock: tokio::sync::Mutex<()>,
@@ -174,17 +165,15 @@ struct Shared {
     /// Size of the current snapshot file (last built, installed or loaded),
     /// 0 when there is none: the `quorumq_snapshot_bytes` metric.
     snapshot_bytes: AtomicU64,
-    /// 1 + the highest log index whose effects on the `messages` tree are
-    /// all written (0: none known). Stored under [`META_BODIES_APPLIED`]
-    /// after the records it covers, so sled's in-order recovery never lets
-    /// it run ahead of them. Replaying an entry at or below it after a
-    /// restart rebuilds the queue metadata only and skips rewriting bodies.
-    bodies_applied: AtomicU64,
     /// Log bytes applied since the last checkpoint (an estimate: bodies
     /// plus a fixed cost per entry).
     since_checkpoint: AtomicU64,
-    /// Set while a checkpoint is being written.
+    /// Set while a background checkpoint is being written.
     checkpointing: AtomicBool,
+    /// Serialises checkpoint writes and holds the body store capture
+    /// generation of the newest one written: an older capture that
+    /// finishes later is dropped, never made current.
+    checkpoint_write: Mutex<u64>,
     checkpoint_every: AtomicU64,
     /// The least `checkpoint_every` may be ([`CHECKPOINT_EVERY_BYTES`]).
     checkpoint_floor: AtomicU64,
@@ -196,9 +185,6 @@ struct Shared {
     last_checkpoint: AtomicU64,
     /// Whether the threshold grows with the state (off once a test sets it).
     checkpoint_adaptive: AtomicBool,
-    /// Whether [`Shared::bodies_applied`] is kept and used (see
-    /// [`StateMachineStore::disable_replay_watermark`]).
-    replay_watermark: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -208,8 +194,12 @@ pub struct StateMachineStore {
 
 const META_CURRENT: &str = "current_snapshot";
 const META_INSTALLING: &str = "installing_snapshot";
+/// Written by versions that kept bodies in sled: how far those were
+/// complete. Removed when the bodies move to the body store.
 const META_BODIES_APPLIED: &str = "bodies_applied";
 const META_CHECKPOINT: &str = "checkpoint";
+/// The sled tree that held message records before the body store.
+const OLD_MESSAGES_TREE: &str = "messages";
 
 /// A checkpoint is written once this many bytes of log have been applied
 /// since the last one (bodies plus [`CHECKPOINT_ENTRY_BYTES`] per entry).
@@ -217,6 +207,10 @@ pub const CHECKPOINT_EVERY_BYTES: u64 = 64 << 20;
 /// What one entry counts towards [`CHECKPOINT_EVERY_BYTES`] besides its
 /// bodies: replaying acks and receives costs too.
 const CHECKPOINT_ENTRY_BYTES: u64 = 256;
+/// With at most this many records, a checkpoint is cheap enough to write
+/// for any retired body segment, so a drained queue's disk comes back at
+/// once.
+const SMALL_INDEX: u64 = 65_536;
 
 fn meta_key(group: GroupId, name: &str) -> Vec<u8> {
     let mut key = group.to_be_bytes().to_vec();
@@ -225,33 +219,34 @@ fn meta_key(group: GroupId, name: &str) -> Vec<u8> {
 }
 
 impl StateMachineStore {
-    /// Opens the state machine of `group`: finishes an interrupted snapshot
-    /// install, then loads the latest snapshot's state. Blocking.
-    pub fn open(db: sled::Db, group: GroupId, snapshot_dir: &Path) -> io::Result<StateMachineStore> {
-        let dir = snapshot_dir.join(format!("group-{group}"));
+    /// Opens the state machine of `group` in `data_dir` (snapshots and
+    /// checkpoints in `snapshots/group-N/`, bodies in `bodies/group-N/`):
+    /// finishes an interrupted snapshot install, then loads the newest
+    /// checkpoint (or snapshot) with the body index. Blocking.
+    pub fn open(db: sled::Db, group: GroupId, data_dir: &Path) -> io::Result<StateMachineStore> {
+        let dir = data_dir.join("snapshots").join(format!("group-{group}"));
         std::fs::create_dir_all(&dir)?;
+        let bodies = BodyStore::open(&data_dir.join("bodies").join(format!("group-{group}")))?;
         let shared = Shared {
             group,
-            messages: db.open_tree("messages").map_err(io::Error::other)?,
             meta: db.open_tree("sm").map_err(io::Error::other)?,
             db,
             dir,
+            bodies,
             applied: RwLock::new(Applied::default()),
-            deferred: Mutex::new(Deferred::default()),
             snapshot_lock: tokio::sync::Mutex::new(()),
             notifier: Notifier::default(),
             file_counter: AtomicU64::new(0),
             snapshot_bytes: AtomicU64::new(0),
-            bodies_applied: AtomicU64::new(0),
             since_checkpoint: AtomicU64::new(0),
             checkpointing: AtomicBool::new(false),
+            checkpoint_write: Mutex::new(0),
             checkpoint_every: AtomicU64::new(CHECKPOINT_EVERY_BYTES),
             checkpoint_floor: AtomicU64::new(CHECKPOINT_EVERY_BYTES),
             loaded_checkpoint: AtomicU64::new(0),
             checkpoints_written: AtomicU64::new(0),
             last_checkpoint: AtomicU64::new(0),
             checkpoint_adaptive: AtomicBool::new(true),
-            replay_watermark: AtomicBool::new(true),
         };
         if let Some(file_name) = shared.get_meta::<String>(META_INSTALLING)? {
             tracing::warn!(%file_name, "finishing a snapshot install interrupted by a crash");
@@ -259,45 +254,37 @@ impl StateMachineStore {
             let snapshot = SnapshotFile::open(&path)?;
             shared.install_from_own_file(&snapshot)?;
         }
-        if let Some(current) = shared.get_meta::<CurrentSnapshot>(META_CURRENT)? {
+        let current = shared.get_meta::<CurrentSnapshot>(META_CURRENT)?;
+        if let Some(current) = &current {
             let file = SnapshotFile::open(&shared.dir.join(&current.file_name))?;
             shared.snapshot_bytes.store(file.len()?, Ordering::Relaxed);
-            shared.load_state(&current, file, "snapshot")?;
+            shared.load_state(current, file, "snapshot")?;
         }
-        shared.load_checkpoint()?;
-        let bodies_applied = shared.get_meta::<u64>(META_BODIES_APPLIED)?.map_or(0, |index| index + 1);
-        shared.bodies_applied.store(bodies_applied, Ordering::Relaxed);
-        if bodies_applied > 0 {
-            tracing::info!(
-                index = bodies_applied - 1,
-                "message records complete up to this index: replaying it rebuilds metadata only"
-            );
+        if !shared.load_checkpoint()? {
+            match &current {
+                // The checkpoint written with every snapshot is missing:
+                // take the bodies from the snapshot itself.
+                Some(current) => {
+                    tracing::warn!(file = %current.file_name, "no checkpoint as new as the snapshot: re-reading its bodies");
+                    let snapshot = SnapshotFile::open(&shared.dir.join(&current.file_name))?;
+                    shared.install_from_own_file(&snapshot)?;
+                }
+                // No snapshot: the whole log is there and is applied again.
+                None => shared.bodies.load_index(Vec::new())?,
+            }
         }
+        shared.migrate_sled_messages()?;
         shared.remove_stale_files(true)?;
         Ok(StateMachineStore { shared: Arc::new(shared) })
     }
 
     /// Fixes how many bytes of log are applied between checkpoints (tests
     /// use a small value). By default it is [`CHECKPOINT_EVERY_BYTES`] or 8
-    /// times the encoded state, whichever is larger.
+    /// times the encoded state and body index, whichever is larger.
     pub fn set_checkpoint_every(&self, bytes: u64) {
         self.shared.checkpoint_adaptive.store(false, Ordering::Relaxed);
         self.shared.checkpoint_floor.store(bytes, Ordering::Relaxed);
         self.shared.checkpoint_every.store(bytes, Ordering::Relaxed);
-    }
-
-    /// Stops using the replay watermark ([`Shared::bodies_applied`]): a
-    /// replay after a restart rewrites every body. For the test-only broken
-    /// mode (`Config::unsafe_ack_before_fsync`) only: there the Raft log
-    /// loses entries the state machine has already applied (and written to
-    /// sled, which a killed process does not lose), and a new leader writes
-    /// other entries at those indexes; a watermark above them would make
-    /// the replay skip their bodies and leave delivered messages without a
-    /// record. A correct log never loses an applied entry, so the watermark
-    /// can never be above the durable log there.
-    pub fn disable_replay_watermark(&self) {
-        self.shared.replay_watermark.store(false, Ordering::Relaxed);
-        self.shared.bodies_applied.store(0, Ordering::Relaxed);
     }
 
     /// The log index of the checkpoint the state was loaded from when this
@@ -326,6 +313,12 @@ impl StateMachineStore {
         self.shared.snapshot_bytes.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the body store's segment files (retired ones not yet
+    /// deleted included).
+    pub fn body_bytes(&self) -> u64 {
+        self.shared.bodies.disk_bytes()
+    }
+
     /// Runs `f` on the applied state (a read lock; keep `f` short).
     pub fn read<R>(&self, f: impl FnOnce(&Applied) -> R) -> R {
         f(&self.shared.applied.read().expect("applied lock"))
@@ -333,11 +326,7 @@ impl StateMachineStore {
 
     /// The stored record of a message, if it still exists.
     pub fn load_message(&self, queue_id: QueueId, seq: Seq) -> io::Result<Option<MessageRecord>> {
-        let key = message_keys::message(self.shared.group, queue_id, seq);
-        match self.shared.messages.get(key).map_err(io::Error::other)? {
-            None => Ok(None),
-            Some(bytes) => decode(&bytes).map(Some),
-        }
+        self.shared.bodies.get(queue_id, seq)
     }
 }
 
@@ -392,73 +381,81 @@ impl Shared {
         Ok(())
     }
 
-    /// Removes the group's message records with `queue_id` and seq below
-    /// `before`.
-    fn delete_below(&self, queue_id: QueueId, before: Seq) -> io::Result<()> {
-        let from = message_keys::message(self.group, queue_id, Seq(0));
-        let to = message_keys::message(self.group, queue_id, before);
-        let mut batch = sled::Batch::default();
-        for key in self.messages.range(from..to).keys() {
-            batch.remove(key.map_err(io::Error::other)?);
-        }
-        self.messages.apply_batch(batch).map_err(io::Error::other)
-    }
-
-    fn carry_out(&self, op: DeleteOp) -> io::Result<()> {
-        match op {
-            DeleteOp::One(key) => {
-                self.messages.remove(key).map_err(io::Error::other)?;
-            }
-            DeleteOp::Below { queue_id, before } => self.delete_below(queue_id, before)?,
-        }
-        Ok(())
-    }
-
-    /// Ends a snapshot copy: carries out the deletions held back meanwhile.
-    fn end_building(&self) {
-        let ops = {
-            let mut deferred = self.deferred.lock().expect("deferred lock");
-            deferred.building -= 1;
-            if deferred.building > 0 {
-                return;
-            }
-            std::mem::take(&mut deferred.ops)
-        };
-        for op in ops {
-            if let Err(e) = self.carry_out(op) {
-                // A record left behind is unreachable garbage, not a wrong
-                // answer: the state no longer names it.
-                tracing::error!(error = %e, "deferred message deletion failed");
-            }
-        }
-    }
-
     /// Makes the state in `file` (a snapshot or a checkpoint, described by
-    /// `current`) the applied state.
-    fn load_state(&self, current: &CurrentSnapshot, file: SnapshotFile, kind: &str) -> io::Result<()> {
-        let state = snapshot_file::Reader::open(file.reader())?.state()?;
+    /// `current`) the applied state. Returns the reader, positioned at the
+    /// records.
+    fn load_state(
+        &self,
+        current: &CurrentSnapshot,
+        file: SnapshotFile,
+        kind: &str,
+    ) -> io::Result<snapshot_file::Reader<PositionalReader>> {
+        let reader = snapshot_file::Reader::open(file.reader())?;
+        let state = reader.state()?;
         tracing::info!(file = %current.file_name, messages = state.message_count(), "loaded queue state from {kind}");
         *self.applied.write().expect("applied lock") = Applied {
             last_applied: current.meta.last_log_id,
             last_membership: current.meta.last_membership.clone(),
             state,
         };
-        Ok(())
+        Ok(reader)
     }
 
-    /// Loads the latest checkpoint if it is newer than the snapshot loaded
-    /// before it: openraft then replays only the log after it.
-    fn load_checkpoint(&self) -> io::Result<()> {
+    /// Loads the latest checkpoint, with the body index, if it is at least
+    /// as new as the snapshot loaded before it: openraft then replays only
+    /// the log after it. Returns whether it did.
+    fn load_checkpoint(&self) -> io::Result<bool> {
         let current = self.get_meta::<CurrentSnapshot>(META_CHECKPOINT)?;
         self.remove_stale_checkpoints(current.as_ref().map(|c| c.file_name.as_str()))?;
-        let Some(current) = current else { return Ok(()) };
+        let Some(current) = current else { return Ok(false) };
         let applied = self.applied.read().expect("applied lock").last_applied.map(|id| id.index());
         let checkpoint = current.meta.last_log_id.map(|id| id.index());
-        if checkpoint <= applied {
+        if checkpoint < applied {
+            return Ok(false);
+        }
+        let mut reader =
+            self.load_state(&current, SnapshotFile::open(&self.dir.join(&current.file_name))?, "checkpoint")?;
+        let mut entries = Vec::new();
+        while let Some((queue_id, seq, loc)) = reader.next_record()? {
+            entries.push((queue_id, seq, Loc::decode(&loc)?));
+        }
+        self.bodies.load_index(entries)?;
+        self.loaded_checkpoint.store(checkpoint.map_or(0, |i| i + 1), Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Moves the message records a version before the body store kept in
+    /// sled's `messages` tree into the body store, writes a checkpoint with
+    /// them, and drops the tree. Records of messages the loaded state no
+    /// longer has are left behind (the log after the checkpoint re-creates
+    /// whatever it needs).
+    fn migrate_sled_messages(&self) -> io::Result<()> {
+        let exists = self.db.tree_names().iter().any(|name| name.as_ref() == OLD_MESSAGES_TREE.as_bytes());
+        if !exists {
             return Ok(());
         }
-        self.load_state(&current, SnapshotFile::open(&self.dir.join(&current.file_name))?, "checkpoint")?;
-        self.loaded_checkpoint.store(checkpoint.map_or(0, |i| i + 1), Ordering::Relaxed);
+        let messages = self.db.open_tree(OLD_MESSAGES_TREE).map_err(io::Error::other)?;
+        let (meta, state_bytes, keys) = {
+            let applied = self.applied.read().expect("applied lock");
+            let meta =
+                SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.last_membership.clone() };
+            (meta, encode(&applied.state)?, applied.state.message_keys().collect::<Vec<_>>())
+        };
+        let mut moved = 0u64;
+        for (queue_id, seq) in keys {
+            if let Some(record) =
+                messages.get(message_keys::message(self.group, queue_id, seq)).map_err(io::Error::other)?
+            {
+                self.bodies.put_encoded(queue_id, seq, &record)?;
+                moved += 1;
+            }
+        }
+        let capture = self.bodies.capture()?;
+        self.write_checkpoint(&meta, &state_bytes, capture)?;
+        self.remove_meta(META_BODIES_APPLIED)?;
+        self.db.drop_tree(OLD_MESSAGES_TREE).map_err(io::Error::other)?;
+        self.flush()?;
+        tracing::info!(moved, "moved message records from sled to the body store");
         Ok(())
     }
 
@@ -474,57 +471,72 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes a checkpoint of the state at `meta.last_log_id`. The message
-    /// records written by entries up to that index are flushed first, so
-    /// that a restart from the checkpoint finds every body it names.
-    fn write_checkpoint(&self, meta: &SnapshotMeta, state_bytes: &[u8]) -> io::Result<()> {
-        self.flush()?;
+    /// Writes a checkpoint of the state at `meta.last_log_id` with the body
+    /// index captured at the same moment. The body segments are synced
+    /// first, so that a restart from the checkpoint finds every body it
+    /// names; once it is durable, body segments retired before the capture
+    /// are deleted. A capture older than the last checkpoint written is
+    /// dropped (returns false).
+    fn write_checkpoint(&self, meta: &SnapshotMeta, state_bytes: &[u8], mut capture: Capture) -> io::Result<bool> {
+        let mut newest = self.checkpoint_write.lock().expect("checkpoint lock");
+        if capture.generation < *newest {
+            return Ok(false);
+        }
+        capture.sort();
+        capture.sync()?;
         let tmp = self.dir.join(self.new_file_name("tmp"));
-        snapshot_file::Writer::create(&tmp, meta, state_bytes)?.finish()?;
+        let mut writer = snapshot_file::Writer::create(&tmp, meta, state_bytes)?;
+        for (queue_id, seq, loc) in &capture.entries {
+            writer.record(*queue_id, *seq, &loc.encode())?;
+        }
+        writer.finish()?;
         let index = meta.last_log_id.as_ref().map_or(0, |id| id.index());
         let file_name = format!("ckpt-{index:020}-{}", self.new_file_name("c"));
         std::fs::rename(&tmp, self.dir.join(&file_name))?;
         sync_dir(&self.dir)?;
         self.put_meta(META_CHECKPOINT, &CurrentSnapshot { file_name: file_name.clone(), meta: meta.clone() })?;
         self.flush()?;
+        *newest = capture.generation;
         self.remove_stale_checkpoints(Some(&file_name))?;
+        self.bodies.checkpoint_durable(capture.generation)?;
         self.checkpoints_written.fetch_add(1, Ordering::Relaxed);
         self.last_checkpoint.store(index + 1, Ordering::Relaxed);
+        if self.checkpoint_adaptive.load(Ordering::Relaxed) {
+            let size = state_bytes.len() as u64 + (capture.entries.len() * (Loc::ENCODED + 20)) as u64;
+            let every = self.checkpoint_floor.load(Ordering::Relaxed).max(8 * size);
+            self.checkpoint_every.store(every, Ordering::Relaxed);
+        }
         tracing::debug!(last_log_id = ?meta.last_log_id, state_bytes = state_bytes.len(), "wrote checkpoint");
-        Ok(())
+        Ok(true)
     }
 
     /// Starts a checkpoint in the background when enough log has been
-    /// applied since the last one. Called by the state machine task after an
-    /// apply, so the state captured is exactly the state at `last_applied`.
+    /// applied since the last one, or when retired body segments wait for
+    /// one to be deleted. Called by the state machine task after an apply,
+    /// so the state captured is exactly the state at `last_applied`.
     ///
-    /// A checkpoint is the queue state without bodies (those are in sled):
+    /// A checkpoint is the queue state and body index without bodies:
     /// cheap next to a snapshot, which copies every body. On restart the
-    /// node loads the newest of snapshot and checkpoint and replays only the
-    /// log after it. The threshold grows with the state (8 x its encoded
-    /// size), so a large backlog is not re-encoded too often.
+    /// node loads the newest checkpoint and replays only the log after it.
+    /// The threshold grows with the state (8 x its encoded size), so a large
+    /// backlog is not re-encoded too often.
     fn maybe_checkpoint(self: &Arc<Shared>) -> io::Result<()> {
-        if self.since_checkpoint.load(Ordering::Relaxed) < self.checkpoint_every.load(Ordering::Relaxed) {
+        let every = self.checkpoint_every.load(Ordering::Relaxed);
+        let due = self.since_checkpoint.load(Ordering::Relaxed) >= every || {
+            let reclaimable = self.bodies.reclaimable_bytes();
+            reclaimable >= every / 2 || (reclaimable > 0 && self.bodies.len() <= SMALL_INDEX)
+        };
+        if !due || self.checkpointing.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        {
-            // Deletions held back for a snapshot copy are not in sled yet: a
-            // checkpoint now would leave their records behind for good.
-            let deferred = self.deferred.lock().expect("deferred lock");
-            if deferred.building > 0 || !deferred.ops.is_empty() {
-                return Ok(());
-            }
-        }
-        if self.checkpointing.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let captured = {
+        let captured = (|| {
             let applied = self.applied.read().expect("applied lock");
             let meta =
                 SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.last_membership.clone() };
-            encode(&applied.state).map(|bytes| (meta, bytes))
-        };
-        let (meta, state_bytes) = match captured {
+            let state_bytes = encode(&applied.state)?;
+            Ok::<_, io::Error>((meta, state_bytes, self.bodies.capture()?))
+        })();
+        let (meta, state_bytes, capture) = match captured {
             Ok(captured) => captured,
             Err(e) => {
                 self.checkpointing.store(false, Ordering::Release);
@@ -534,12 +546,8 @@ impl Shared {
         self.since_checkpoint.store(0, Ordering::Relaxed);
         let shared = self.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = shared.write_checkpoint(&meta, &state_bytes) {
+            if let Err(e) = shared.write_checkpoint(&meta, &state_bytes, capture) {
                 tracing::error!(error = %e, "writing a checkpoint failed");
-            }
-            if shared.checkpoint_adaptive.load(Ordering::Relaxed) {
-                let every = shared.checkpoint_floor.load(Ordering::Relaxed).max(8 * state_bytes.len() as u64);
-                shared.checkpoint_every.store(every, Ordering::Relaxed);
             }
             shared.checkpointing.store(false, Ordering::Release);
         });
@@ -547,9 +555,9 @@ impl Shared {
     }
 
     /// Replaces every message record of the group with those of `snapshot`
-    /// (a file in our directory), then makes it the current snapshot.
-    /// Idempotent, so a crash at any point is finished by running it again.
-    /// Returns the snapshot's state.
+    /// (a file in our directory), writes a checkpoint of it, then makes it
+    /// the current snapshot. Idempotent, so a crash at any point is finished
+    /// by running it again. Returns the snapshot's state.
     fn install_from_own_file(&self, snapshot: &SnapshotFile) -> io::Result<(SnapshotMeta, State)> {
         let file_name = snapshot
             .path()
@@ -564,37 +572,14 @@ impl Shared {
         let state = reader.state()?;
         let meta = reader.meta.clone();
 
-        let prefix = message_keys::group_prefix(self.group);
-        let mut batch = sled::Batch::default();
-        let mut pending = 0;
-        for key in self.messages.scan_prefix(prefix).keys() {
-            batch.remove(key.map_err(io::Error::other)?);
-            pending += 1;
-            if pending == 10_000 {
-                self.messages.apply_batch(std::mem::take(&mut batch)).map_err(io::Error::other)?;
-                pending = 0;
-            }
-        }
-        self.messages.apply_batch(std::mem::take(&mut batch)).map_err(io::Error::other)?;
-        pending = 0;
+        self.bodies.clear()?;
         while let Some((queue_id, seq, record)) = reader.next_record()? {
-            batch.insert(&message_keys::message(self.group, queue_id, seq), record);
-            pending += 1;
-            if pending == 10_000 {
-                self.messages.apply_batch(std::mem::take(&mut batch)).map_err(io::Error::other)?;
-                pending = 0;
-            }
+            self.bodies.put_encoded(queue_id, seq, &record)?;
         }
-        self.messages.apply_batch(batch).map_err(io::Error::other)?;
+        let capture = self.bodies.capture()?;
+        self.write_checkpoint(&meta, reader.state_bytes(), capture)?;
 
         self.put_meta(META_CURRENT, &CurrentSnapshot { file_name, meta: meta.clone() })?;
-        // The records are exactly those of the snapshot now.
-        let index = meta.last_log_id.map(|id| id.index());
-        match index {
-            Some(index) => self.put_meta(META_BODIES_APPLIED, &index)?,
-            None => self.remove_meta(META_BODIES_APPLIED)?,
-        }
-        self.bodies_applied.store(index.map_or(0, |i| i + 1), Ordering::Relaxed);
         self.remove_meta(META_INSTALLING)?;
         self.flush()?;
         self.snapshot_bytes.store(snapshot.len()?, Ordering::Relaxed);
@@ -615,22 +600,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
         let shared = &self.shared;
+        let bodies = &shared.bodies;
         let mut effects = Vec::new();
         let mut replies = Vec::new();
-        let mut batch = sled::Batch::default();
         let mut woken = BTreeSet::new();
-        // Records written by this batch, for moves that read them back
-        // before the batch reaches sled.
-        let mut written: HashMap<[u8; 24], MessageRecord> = HashMap::new();
-        let bodies_applied = shared.bodies_applied.load(Ordering::Relaxed);
-        let mut last_index = None;
         let mut applied_bytes = 0u64;
         while let Some((entry, responder)) = entries.try_next().await? {
             applied_bytes += CHECKPOINT_ENTRY_BYTES;
-            // Replayed after a restart, and its records are already written:
-            // rebuild the metadata only.
-            let replay = entry.log_id.index() < bodies_applied;
-            last_index = Some(entry.log_id.index());
             let response = {
                 let mut applied = shared.applied.write().expect("applied lock");
                 applied.last_applied = Some(entry.log_id);
@@ -643,71 +619,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             };
-            if replay {
-                effects.retain(|e| matches!(e, Effect::MessagesAvailable { .. }));
-            }
             for effect in effects.drain(..) {
                 match effect {
                     Effect::PutMessage { queue_id, seq, record } => {
                         applied_bytes += record.body.len() as u64;
-                        let key = message_keys::message(shared.group, queue_id, seq);
-                        batch.insert(&key, encode(&record)?);
-                        written.insert(key, record);
+                        bodies.put(queue_id, seq, &record)?;
                     }
-                    Effect::DeleteMessage { queue_id, seq } => {
-                        let key = message_keys::message(shared.group, queue_id, seq);
-                        let mut deferred = shared.deferred.lock().expect("deferred lock");
-                        if deferred.building > 0 {
-                            deferred.ops.push(DeleteOp::One(key));
-                        } else {
-                            batch.remove(&key);
-                        }
-                    }
-                    Effect::DeleteMessages { queue_id, before } => {
-                        // A range deletion must see the records this batch
-                        // is about to write, so write them first.
-                        shared.messages.apply_batch(std::mem::take(&mut batch)).map_err(io::Error::other)?;
-                        let mut deferred = shared.deferred.lock().expect("deferred lock");
-                        if deferred.building > 0 {
-                            deferred.ops.push(DeleteOp::Below { queue_id, before });
-                        } else {
-                            drop(deferred);
-                            shared.delete_below(queue_id, before)?;
-                        }
-                    }
+                    Effect::DeleteMessage { queue_id, seq } => bodies.delete(queue_id, seq)?,
+                    Effect::DeleteMessages { queue_id, before } => bodies.delete_below(queue_id, before)?,
                     Effect::MoveMessage { from, to, dead_letter } => {
-                        // The record may have been written by this very
-                        // batch (not yet in sled): look there first.
-                        let from_key = message_keys::message(shared.group, from.0, from.1);
-                        let record = match written.remove(&from_key) {
-                            Some(record) => Some(record),
-                            None => match shared.messages.get(from_key).map_err(io::Error::other)? {
-                                Some(bytes) => Some(decode::<MessageRecord>(&bytes)?),
-                                None => None,
-                            },
-                        };
-                        match record {
+                        match bodies.get(from.0, from.1)? {
                             Some(mut record) => {
                                 // The message keeps the id it was delivered
                                 // under, even when the server assigned it.
                                 record.id.get_or_insert_with(|| message_id(from.0, from.1, None));
                                 record.dead_letter = dead_letter;
-                                let to_key = message_keys::message(shared.group, to.0, to.1);
-                                batch.insert(&to_key, encode(&record)?);
-                                written.insert(to_key, record);
+                                bodies.put(to.0, to.1, &record)?;
                             }
                             None => tracing::warn!(
                                 queue_id = from.0.0,
                                 seq = from.1.0,
-                                "moved message has no stored record (deleted by a later entry before a restart)"
+                                "moved message has no stored record"
                             ),
                         }
-                        let mut deferred = shared.deferred.lock().expect("deferred lock");
-                        if deferred.building > 0 {
-                            deferred.ops.push(DeleteOp::One(from_key));
-                        } else {
-                            batch.remove(&from_key);
-                        }
+                        bodies.delete(from.0, from.1)?;
                     }
                     Effect::MessagesAvailable { queue } => {
                         woken.insert(queue);
@@ -718,19 +653,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 replies.push((responder, response));
             }
         }
-        shared.messages.apply_batch(batch).map_err(io::Error::other)?;
-        // Record how far the records are complete, unless deletions wait for
-        // a snapshot copy (then a replay must redo them).
-        if let Some(index) = last_index
-            && index >= bodies_applied
-            && shared.replay_watermark.load(Ordering::Relaxed)
-        {
-            let deferred = shared.deferred.lock().expect("deferred lock");
-            if deferred.building == 0 && deferred.ops.is_empty() {
-                shared.put_meta(META_BODIES_APPLIED, &index)?;
-                shared.bodies_applied.store(index + 1, Ordering::Relaxed);
-            }
-        }
+        bodies.write_pending()?;
         // Answer only once the records are written, so that a Receive's
         // caller can read the bodies it was given.
         for (responder, response) in replies {
@@ -738,6 +661,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         for queue in woken {
             shared.notifier.wake(&queue);
+        }
+        if bodies.compact_one()? > 0 {
+            bodies.write_pending()?;
         }
         shared.since_checkpoint.fetch_add(applied_bytes, Ordering::Relaxed);
         shared.maybe_checkpoint()
@@ -806,14 +732,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Captures the state to snapshot, in the state machine's task (so it is
-    /// exactly the state at `last_applied`), and starts deferring deletions.
+    /// Captures the state and the body index to snapshot, in the state
+    /// machine's task (so both are exactly as of `last_applied`).
     fn start_snapshot(&self) -> io::Result<SnapshotBuilder> {
         let applied = self.shared.applied.read().expect("applied lock");
         let state_bytes = encode(&applied.state)?;
         let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.last_membership.clone() };
-        self.shared.deferred.lock().expect("deferred lock").building += 1;
-        Ok(SnapshotBuilder { shared: self.shared.clone(), meta, state_bytes: Some(state_bytes) })
+        let capture = self.shared.bodies.capture()?;
+        Ok(SnapshotBuilder { shared: self.shared.clone(), meta, captured: Some((state_bytes, capture)) })
     }
 
     /// The directory receiving snapshots from the leader writes into.
@@ -822,17 +748,11 @@ impl StateMachineStore {
     }
 }
 
-/// Copies a captured state and its message records into a snapshot file.
+/// Writes a captured state and its message records into a snapshot file.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     meta: SnapshotMeta,
-    state_bytes: Option<Vec<u8>>,
-}
-
-impl Drop for SnapshotBuilder {
-    fn drop(&mut self) {
-        self.shared.end_building();
-    }
+    captured: Option<(Vec<u8>, Capture)>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -842,33 +762,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let _lock = self.shared.snapshot_lock.lock().await;
         let shared = self.shared.clone();
         let meta = self.meta.clone();
-        let state_bytes = self.state_bytes.take().ok_or_else(|| io::Error::other("snapshot already built"))?;
+        let (state_bytes, mut capture) =
+            self.captured.take().ok_or_else(|| io::Error::other("snapshot already built"))?;
         let path = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
-            let state: State = decode(&state_bytes)?;
+            capture.sort();
             let tmp = shared.dir.join(shared.new_file_name("tmp"));
             let mut writer = snapshot_file::Writer::create(&tmp, &meta, &state_bytes)?;
-            drop(state_bytes);
-            let mut missing = 0u64;
-            for (queue_id, seq) in state.message_keys() {
-                match shared
-                    .messages
-                    .get(message_keys::message(shared.group, queue_id, seq))
-                    .map_err(io::Error::other)?
-                {
-                    Some(record) => writer.record(queue_id, seq, &record)?,
-                    // Only after a restart that replays entries whose
-                    // deletions had already reached disk: a later entry,
-                    // already committed, deletes this message again.
-                    None => missing += 1,
-                }
-            }
-            if missing > 0 {
-                tracing::warn!(missing, "message records absent while building a snapshot (deleted by later entries)");
+            for (queue_id, seq, loc) in &capture.entries {
+                writer.record(*queue_id, *seq, &capture.read(*queue_id, *seq, *loc)?)?;
             }
             writer.finish()?;
-            // Every record written by entries up to this snapshot must be
-            // durable before openraft may purge those entries.
-            shared.flush()?;
+            // A checkpoint at the snapshot's index before openraft may purge
+            // the log behind it: a restart then loads the body index from it
+            // instead of copying every body out of the snapshot.
+            shared.write_checkpoint(&meta, &state_bytes, capture)?;
             let index = meta.last_log_id.as_ref().map_or(0, |id| id.index());
             let file_name = format!("snap-{index:020}-{}", shared.new_file_name("b"));
             let path = shared.dir.join(&file_name);

@@ -1,4 +1,4 @@
-//! Proves that the segment-file log store and the sled state machine store
+//! Proves that the segment-file log store and the state machine store (bodies in segment files, metadata in sled)
 //! meet openraft's storage contract, by running openraft's own conformance
 //! suite on them.
 
@@ -17,7 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::Config::new().path(dir.path().join("db")).open().expect("open sled");
         let log = LogStore::open(&dir.path().join("log"), QUEUES_GROUP).expect("open log store");
-        let sm = StateMachineStore::open(db, QUEUES_GROUP, &dir.path().join("snapshots")).expect("open state machine");
+        let sm = StateMachineStore::open(db, QUEUES_GROUP, dir.path()).expect("open state machine");
         Ok((dir, log, sm))
     }
 }
