@@ -14,7 +14,7 @@
 #
 #   bash bench/memory.sh                      # 1,000,000 x 1 KiB
 #   MESSAGES=100000 bash bench/memory.sh      # quicker
-#   MESSAGES=10000000 bash bench/memory.sh    # the 10M figure: ~30 GiB of disk per node today
+#   MESSAGES=10000000 bash bench/memory.sh    # the 10M figure: ~30 GiB of disk per node
 #   IDLE=330 bash bench/memory.sh             # also after the dedup window
 #   QUORUMQ=/tmp/quorumq-old bash bench/memory.sh   # another binary (no build)
 #   SERVER_ARGS='--cache-mb 64' bash bench/memory.sh  # extra server flags
@@ -41,7 +41,7 @@ fi
 dir=$(mktemp -d /tmp/quorumq-memory-XXXXXX)
 
 # Refuse a run that would fill the disk: each node stores about 3 x the
-# bodies today (log entry, record, sled overhead; a snapshot adds a copy).
+# bodies (the log entry, the record, and a snapshot's copy).
 need=$((messages * (size + 600) * 3 * 4 / 1024))
 free=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
 if [ "$need" -gt "$free" ]; then

@@ -57,9 +57,9 @@ pub struct ServerArgs {
     /// Build a snapshot (and compact the log) after this many entries.
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
-    /// Memory for the storage engine's page cache (sled, which holds the
-    /// message records): bytes, or with a unit: 64MiB, 256MB. Reads of
-    /// records not cached go to disk (the OS page cache).
+    /// Memory for sled's page cache (sled holds the node's metadata keys;
+    /// message bodies are in segment files read through the OS page cache):
+    /// bytes, or with a unit: 64MiB, 256MB.
     #[arg(long, env = "QUORUMQ_STORAGE_CACHE", value_name = "BYTES", value_parser = quorumq_node::alarms::parse_bytes, default_value = "64MiB")]
     storage_cache: u64,
     /// Serve /metrics (Prometheus), /health and /ready over plain HTTP on
