@@ -503,7 +503,7 @@ impl Shared {
         self.last_checkpoint.store(index + 1, Ordering::Relaxed);
         if self.checkpoint_adaptive.load(Ordering::Relaxed) {
             let size = state_bytes.len() as u64 + (capture.entries.len() * (Loc::ENCODED + 20)) as u64;
-            let every = self.checkpoint_floor.load(Ordering::Relaxed).max(8 * size);
+            let every = self.checkpoint_floor.load(Ordering::Relaxed).max(2 * size);
             self.checkpoint_every.store(every, Ordering::Relaxed);
         }
         tracing::debug!(last_log_id = ?meta.last_log_id, state_bytes = state_bytes.len(), "wrote checkpoint");
@@ -518,7 +518,7 @@ impl Shared {
     /// A checkpoint is the queue state and body index without bodies:
     /// cheap next to a snapshot, which copies every body. On restart the
     /// node loads the newest checkpoint and replays only the log after it.
-    /// The threshold grows with the state (8 x its encoded size), so a large
+    /// The threshold grows with the state (2 x its encoded size and index), so a large
     /// backlog is not re-encoded too often.
     fn maybe_checkpoint(self: &Arc<Shared>) -> io::Result<()> {
         let every = self.checkpoint_every.load(Ordering::Relaxed);
