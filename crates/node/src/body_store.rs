@@ -34,6 +34,9 @@ use quorumq_raft_state_machine::MessageRecord;
 use quorumq_raft_state_machine::QueueId;
 use quorumq_raft_state_machine::Seq;
 
+mod seq_index;
+use seq_index::SeqIndex;
+
 /// A segment takes no new record once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 32 << 20;
 /// An empty head segment at least this large is closed and retired, so a
@@ -101,7 +104,7 @@ struct Inner {
     /// Records appended to the head but not yet written to its file.
     pending: Vec<u8>,
     /// queue id -> seq -> location.
-    index: FastMap<u64, FastMap<u64, Loc>>,
+    index: FastMap<u64, SeqIndex>,
     entries: u64,
     retired: Vec<Retired>,
     generation: u64,
@@ -300,7 +303,7 @@ impl BodyStore {
     pub fn get_encoded(&self, queue_id: QueueId, seq: Seq) -> io::Result<Option<Vec<u8>>> {
         let (file, loc) = {
             let inner = self.lock();
-            let Some(loc) = inner.index.get(&queue_id.0).and_then(|q| q.get(&seq.0)).copied() else {
+            let Some(loc) = inner.index.get(&queue_id.0).and_then(|q| q.get(seq.0)) else {
                 return Ok(None);
             };
             let head = &inner.segments[&inner.head];
@@ -326,7 +329,10 @@ impl BodyStore {
 
     pub fn delete(&self, queue_id: QueueId, seq: Seq) -> io::Result<()> {
         let mut inner = self.lock();
-        let removed = inner.index.get_mut(&queue_id.0).and_then(|q| q.remove(&seq.0));
+        let removed = inner.index.get_mut(&queue_id.0).and_then(|q| q.remove(seq.0));
+        if inner.index.get(&queue_id.0).is_some_and(SeqIndex::is_empty) {
+            inner.index.remove(&queue_id.0);
+        }
         if let Some(loc) = removed {
             inner.entries -= 1;
             inner.release(&self.dir, loc)?;
@@ -339,13 +345,7 @@ impl BodyStore {
         let mut inner = self.lock();
         let mut removed = Vec::new();
         if let Some(queue) = inner.index.get_mut(&queue_id.0) {
-            queue.retain(|seq, loc| {
-                let keep = *seq >= before.0;
-                if !keep {
-                    removed.push(*loc);
-                }
-                keep
-            });
+            queue.remove_below(before.0, &mut |loc| removed.push(loc));
             if queue.is_empty() {
                 inner.index.remove(&queue_id.0);
             }
@@ -388,7 +388,7 @@ impl BodyStore {
             let queue = u64::from_be_bytes(data[pos + 8..pos + 16].try_into().expect("8 bytes"));
             let seq = u64::from_be_bytes(data[pos + 16..pos + 24].try_into().expect("8 bytes"));
             let here = Loc { seg, off: pos as u32, len };
-            if inner.index.get(&queue).and_then(|q| q.get(&seq)) == Some(&here) {
+            if inner.index.get(&queue).and_then(|q| q.get(seq)) == Some(here) {
                 check_record(&data[pos..end], QueueId(queue), Seq(seq), here)?;
                 let start = inner.pending.len();
                 inner.pending.extend_from_slice(&data[pos..end]);
@@ -417,7 +417,7 @@ impl BodyStore {
         inner.generation += 1;
         let mut entries = Vec::with_capacity(inner.entries as usize);
         for (queue, seqs) in &inner.index {
-            entries.extend(seqs.iter().map(|(seq, loc)| (QueueId(*queue), Seq(*seq), *loc)));
+            seqs.for_each(|seq, loc| entries.push((QueueId(*queue), Seq(seq), loc)));
         }
         let files = inner.segments.iter().map(|(s, seg)| (*s, seg.file.clone())).collect();
         Ok(Capture { generation: inner.generation, entries, files, dir: self.dir.clone() })
