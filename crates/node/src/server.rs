@@ -353,7 +353,8 @@ async fn form_cluster(raft: Raft, config: Config, channels: Channels) {
 }
 
 /// On the leader: proposes a Tick whenever an expiry is due, so that expired
-/// messages are dead-lettered (or dropped) even in a queue nobody uses.
+/// messages are dead-lettered (or dropped) and remembered ids past their
+/// deduplication window are forgotten, even in a queue nobody uses.
 async fn tick(raft: Raft, sm: StateMachineStore) {
     let mut interval = tokio::time::interval(limits::TICK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -363,7 +364,8 @@ async fn tick(raft: Raft, sm: StateMachineStore) {
             continue;
         }
         let now = crate::service::now_ms();
-        if sm.read(|a| a.state.next_due_ms()).is_none_or(|due| due > now) {
+        let due = sm.read(|a| [a.state.next_due_ms(), a.state.next_dedup_prune_ms()].into_iter().flatten().min());
+        if due.is_none_or(|due| due > now) {
             continue;
         }
         let request =

@@ -54,6 +54,11 @@ pub const DEDUP_WINDOW_MS_MAX: u64 = 60 * 60 * 1000;
 /// queue receives more ids than this within its window, the oldest are
 /// forgotten first (and counted in `dedup_evicted_total`).
 pub const DEDUP_ENTRIES_PER_QUEUE_MAX: usize = 2_000_000;
+/// How long after a remembered id's window ends a Tick comes to forget it
+/// when nothing else happens on its queue ([`crate::State::next_dedup_prune_ms`]).
+/// A busy queue forgets ids in its own commands first, so the slack keeps
+/// Ticks away from queues with traffic.
+pub const DEDUP_PRUNE_SLACK_MS: u64 = 10_000;
 
 /// Queue retention: how long a message is kept at most (SQS's range).
 pub const RETENTION_MS_MIN: u64 = 60 * 1000;

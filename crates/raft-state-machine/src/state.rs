@@ -530,6 +530,23 @@ impl State {
         self.queues.values().filter_map(Queue::next_expiry).min()
     }
 
+    /// When the leader should propose a Tick so that a queue with no
+    /// traffic forgets the message ids whose deduplication window has
+    /// passed (they cost RAM per message): the end of the earliest window,
+    /// rounded up to a multiple of [`limits::DEDUP_PRUNE_SLACK_MS`], plus
+    /// that slack, so that ids forgotten over minutes take a Tick every
+    /// slack period, not one each. Kept apart from [`State::next_due_ms`],
+    /// which says when messages change state.
+    pub fn next_dedup_prune_ms(&self) -> Option<u64> {
+        const SLACK: u64 = limits::DEDUP_PRUNE_SLACK_MS;
+        self.queues
+            .values()
+            .filter_map(|q| {
+                q.dedup_expiry.first().map(|&(at, _)| at.div_ceil(SLACK).saturating_mul(SLACK).saturating_add(SLACK))
+            })
+            .min()
+    }
+
     /// Every stored message, for building a snapshot: `(queue id, seq)` in
     /// key order.
     pub fn message_keys(&self) -> impl Iterator<Item = (QueueId, Seq)> + '_ {

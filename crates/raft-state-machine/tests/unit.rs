@@ -1188,6 +1188,23 @@ fn retention_drops_expired_messages_without_a_dead_letter_queue() {
 }
 
 #[test]
+fn a_tick_forgets_the_ids_of_an_idle_queue_after_their_window() {
+    // Proves an idle queue's remembered ids are due for a Tick a little after their window ends, the Tick forgets them (nothing is due afterwards and the id is no longer a duplicate), and the messages themselves are untouched.
+    let mut h = Harness::with_queue(config(30_000, 60_000));
+    assert_eq!(h.state.next_dedup_prune_ms(), None);
+    assert_eq!(h.send(0, "q", vec![msg(Some("a"), "1")]), [Ok(Sent { seq: Seq(1), duplicate: false })]);
+    assert_eq!(h.send(5, "q", vec![msg(Some("b"), "2")]), [Ok(Sent { seq: Seq(2), duplicate: false })]);
+    assert_eq!(h.state.next_dedup_prune_ms(), Some(60_000 + limits::DEDUP_PRUNE_SLACK_MS));
+    assert_eq!(h.state.next_due_ms(), Some(limits::RETENTION_MS_DEFAULT));
+    h.tick(60_000 + limits::DEDUP_PRUNE_SLACK_MS);
+    assert!(h.effects.is_empty());
+    assert_eq!(h.state.next_dedup_prune_ms(), None, "both ids were forgotten by the one Tick");
+    assert_eq!(h.stats(60_000 + limits::DEDUP_PRUNE_SLACK_MS).ready, 2);
+    let at = 60_000 + limits::DEDUP_PRUNE_SLACK_MS + 1;
+    assert_eq!(h.send(at, "q", vec![msg(Some("a"), "1")]), [Ok(Sent { seq: Seq(3), duplicate: false })]);
+}
+
+#[test]
 fn queue_ttl_and_retention_whichever_is_shorter_wins() {
     // Proves a queue TTL shorter than the retention expires messages at the TTL, a longer one at the retention, and an expired message is never delivered.
     let mut h = Harness::with_queue(QueueConfig { message_ttl_ms: Some(5_000), ..QueueConfig::default() });
