@@ -139,6 +139,7 @@ pub struct Scrape {
     pub now_ms: u64,
     pub snapshot_bytes: u64,
     pub body_store_bytes: u64,
+    pub remembered_ids: u64,
     pub resident_memory_bytes: Option<u64>,
     pub data_dir_bytes: Option<u64>,
     pub disk_free_bytes: Option<u64>,
@@ -188,9 +189,9 @@ impl Scrape {
             became_leader_total: source.events.became_leader.load(Ordering::Relaxed),
         };
         let now_ms = crate::service::now_ms();
-        let (queues, state_now) = source.sm.read(|a| {
+        let (queues, state_now, remembered_ids) = source.sm.read(|a| {
             let now = now_ms.max(a.state.now_ms());
-            (a.state.list_queues(now), now)
+            (a.state.list_queues(now), now, a.state.remembered_ids())
         });
         let data_dir = &source.data_dir;
         let sample = crate::alarms::ResourceSample::take(data_dir);
@@ -213,6 +214,7 @@ impl Scrape {
             now_ms: state_now,
             snapshot_bytes: source.sm.snapshot_bytes(),
             body_store_bytes: source.sm.body_bytes(),
+            remembered_ids,
             resident_memory_bytes: sample.resident_memory_bytes,
             data_dir_bytes: crate::alarms::dir_disk_bytes(data_dir),
             disk_free_bytes: sample.disk_free_bytes,
@@ -383,6 +385,12 @@ impl Collector for ScrapeCollector {
             "Bytes of the message body segment files, retired ones waiting for a checkpoint included.",
             s.body_store_bytes,
         )?;
+        gauge(
+            e,
+            "remembered_ids",
+            "Message ids this node's state remembers for deduplication, across queues.",
+            s.remembered_ids,
+        )?;
 
         // Queues, as applied on this node.
         gauge(e, "queues", "Queues that exist.", s.queues.len() as u64)?;
@@ -540,6 +548,7 @@ mod tests {
             now_ms: 12_500,
             snapshot_bytes: 4096,
             body_store_bytes: 8192,
+            remembered_ids: 7,
             resident_memory_bytes: Some(30_000_000),
             data_dir_bytes: Some(1_000_000),
             disk_free_bytes: Some(40_000_000),
@@ -590,6 +599,7 @@ mod tests {
             "quorumq_log_flush_entries_sum 3.0",
             "quorumq_snapshot_bytes 4096",
             "quorumq_body_store_bytes 8192",
+            "quorumq_remembered_ids 7",
             "quorumq_raft_entry_commands_count 2",
             "quorumq_raft_entry_commands_sum 301.0",
             "quorumq_raft_entry_commands_bucket{le=\"1.0\"} 1",

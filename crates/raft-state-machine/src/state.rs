@@ -555,6 +555,12 @@ impl State {
         queues.into_iter().flat_map(|q| q.messages.keys().map(move |seq| (q.id, Seq(seq))))
     }
 
+    /// Message ids remembered for deduplication, across queues (each costs
+    /// RAM until its window ends and a command or Tick forgets it).
+    pub fn remembered_ids(&self) -> u64 {
+        self.queues.values().map(|q| q.dedup.len() as u64).sum()
+    }
+
     /// Total live messages across queues.
     pub fn message_count(&self) -> u64 {
         self.queues.values().map(|q| q.messages.len() as u64).sum()

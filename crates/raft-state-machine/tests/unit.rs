@@ -1195,10 +1195,12 @@ fn a_tick_forgets_the_ids_of_an_idle_queue_after_their_window() {
     assert_eq!(h.send(0, "q", vec![msg(Some("a"), "1")]), [Ok(Sent { seq: Seq(1), duplicate: false })]);
     assert_eq!(h.send(5, "q", vec![msg(Some("b"), "2")]), [Ok(Sent { seq: Seq(2), duplicate: false })]);
     assert_eq!(h.state.next_dedup_prune_ms(), Some(60_000 + limits::DEDUP_PRUNE_SLACK_MS));
+    assert_eq!(h.state.remembered_ids(), 2);
     assert_eq!(h.state.next_due_ms(), Some(limits::RETENTION_MS_DEFAULT));
     h.tick(60_000 + limits::DEDUP_PRUNE_SLACK_MS);
     assert!(h.effects.is_empty());
     assert_eq!(h.state.next_dedup_prune_ms(), None, "both ids were forgotten by the one Tick");
+    assert_eq!(h.state.remembered_ids(), 0);
     assert_eq!(h.stats(60_000 + limits::DEDUP_PRUNE_SLACK_MS).ready, 2);
     let at = 60_000 + limits::DEDUP_PRUNE_SLACK_MS + 1;
     assert_eq!(h.send(at, "q", vec![msg(Some("a"), "1")]), [Ok(Sent { seq: Seq(3), duplicate: false })]);
