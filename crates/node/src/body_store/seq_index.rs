@@ -1,8 +1,8 @@
 //! One queue's part of the body index: seq -> location, in chunks of 64
 //! consecutive seqs. A queue's seqs are consecutive and mostly acked in
 //! order, so a dense chunk is an array of 64 locations (12 bytes a message)
-//! instead of a hash-map entry (about 50 bytes a message once the map's
-//! spare capacity is counted). A chunk with few live seqs left (messages
+//! instead of a hash-map entry (by arithmetic up to about 50 bytes a
+//! message once the map's spare capacity is counted). A chunk with few live seqs left (messages
 //! stuck in flight, delayed, or acked out of order) is a short sorted list,
 //! so a scattered remainder costs about what a hash map would.
 
