@@ -134,3 +134,12 @@ pub const READY_LAG_ENTRIES_MAX: u64 = 1000;
 /// snapshot directory one or two, so this bound is only a guard against a
 /// data directory someone filled with other things.
 pub const DATA_DIR_WALK_ENTRIES_MAX: usize = 100_000;
+
+/// Acks and nacks taken from one consume stream and not yet answered; past
+/// it, the consumer reads no more requests until one is answered.
+pub const CONSUME_SETTLES_IN_FLIGHT: usize = 64;
+
+/// Receives one push consumer may have proposed and not yet delivered. More
+/// than one lets the next Receive commit while the previous one's messages
+/// travel to the client and their acks come back.
+pub const CONSUME_RECEIVES_IN_FLIGHT: usize = 2;
