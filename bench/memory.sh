@@ -7,7 +7,9 @@
 #      nobody receiving);
 #   3. wait until every node has applied everything, then SETTLE seconds;
 #   4. RSS (VmRSS) and peak RSS (VmHWM) of each node, RSS per queued
-#      message (above the empty cluster's), and disk use per node;
+#      message (above the empty cluster's), disk use per node, and the
+#      message ids the node remembers for deduplication (the gauge
+#      `quorumq_remembered_ids`, from /metrics on BASE_PORT+11..13);
 #   5. with IDLE=N: the same again after N more idle seconds (a queue's
 #      deduplication window is 5 minutes: IDLE=330 shows what is left once
 #      the ids of the sent messages are forgotten).
@@ -58,7 +60,7 @@ start_node() {
     local id=$1
     # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
     RUST_LOG=${RUST_LOG:-warn} "$q" server --id "$id" --listen "127.0.0.1:$((base_port + id - 1))" \
-        --data-dir "$dir/node$id" --peers "$peers" $extra_args \
+        --data-dir "$dir/node$id" --peers "$peers" --http "127.0.0.1:$((base_port + 10 + id))" $extra_args \
         >>"$dir/node$id.log" 2>&1 &
     pids[$id]=$!
 }
@@ -72,6 +74,11 @@ trap cleanup EXIT
 
 kib() { awk '/^'"$2"':/ { print $2 }' "/proc/${pids[$1]}/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
+# The node's gauge of message ids held for deduplication (/metrics).
+remembered() {
+    curl -fsS "http://127.0.0.1:$((base_port + 10 + $1))/metrics" 2>/dev/null |
+        awk '$1 == "quorumq_remembered_ids" { print $2 }'
+}
 disk() { du -sb "$dir/node$1" | awk '{ printf "%.0f", $1 / 1048576 }'; }
 leader_id() {
     "$q" --cluster "$cluster" cluster status --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"] or "")'
@@ -95,7 +102,7 @@ report() {
         if [ "$queued" -gt 0 ]; then
             per=", $(awk -v r="$rss" -v b="${base_rss[$id]}" -v n="$queued" 'BEGIN { printf "%.0f", (r - b) * 1024 / n }') B of RSS per queued message"
         fi
-        echo "$label node $id: RSS $(mib "$rss") MiB, peak $(mib "$hwm") MiB$per; disk $(disk "$id") MiB"
+        echo "$label node $id: RSS $(mib "$rss") MiB, peak $(mib "$hwm") MiB$per; disk $(disk "$id") MiB; remembered ids $(remembered "$id")"
     done
 }
 

@@ -39,23 +39,34 @@ use quorumq_raft_state_machine::Outcome;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tonic::Status;
 
 use crate::errors;
 use crate::limits;
 use crate::types::*;
 
-/// What the batcher counts, for `/metrics`.
-#[derive(Debug)]
+/// What the batcher counts, for `/metrics` (clones share the counts).
+#[derive(Clone, Debug)]
 pub struct BatchStats {
     /// Client commands in each entry proposed (1: proposed alone).
     pub entry_commands: Histogram,
+    /// Seconds the oldest command of each entry waited for a free slot.
+    pub wait_seconds: Histogram,
+    /// Seconds from proposing each entry to its outcome (committed by a
+    /// majority and applied here, or refused).
+    pub entry_seconds: Histogram,
 }
 
 impl Default for BatchStats {
     fn default() -> Self {
         // 1, 2, 4, … 1024 (BATCH_COMMANDS_MAX).
-        BatchStats { entry_commands: Histogram::new(exponential_buckets(1.0, 2.0, 11)) }
+        let seconds = || Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        BatchStats {
+            entry_commands: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            wait_seconds: seconds(),
+            entry_seconds: seconds(),
+        }
     }
 }
 
@@ -65,6 +76,7 @@ struct Pending {
     command: Command,
     bytes: usize,
     reply: Reply,
+    queued_at: Instant,
 }
 
 /// The handle the services write through; the task behind it ends when the
@@ -96,7 +108,7 @@ impl Batcher {
     pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
         let (reply, answer) = oneshot::channel();
         let bytes = command_bytes(&command);
-        self.tx.send(Pending { command, bytes, reply }).map_err(|_| stopped())?;
+        self.tx.send(Pending { command, bytes, reply, queued_at: Instant::now() }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -167,9 +179,14 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<Ba
             continue;
         }
         stats.entry_commands.observe(batch.len() as f64);
-        let raft = raft.clone();
+        stats.wait_seconds.observe(batch[0].queued_at.elapsed().as_secs_f64());
+        let (raft, stats) = (raft.clone(), stats.clone());
         tokio::spawn(async move {
-            let proposal = propose(&raft, batch);
+            let proposed_at = Instant::now();
+            let proposal = async {
+                propose(&raft, batch).await;
+                stats.entry_seconds.observe(proposed_at.elapsed().as_secs_f64());
+            };
             tokio::pin!(proposal);
             // An entry of a leader cut off from a majority stays pending until
             // a new leader's log replaces it; it must not hold the slot that

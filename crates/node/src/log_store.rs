@@ -65,6 +65,7 @@ use tokio::sync::mpsc;
 
 use crate::codec::decode;
 use crate::codec::encode;
+use crate::codec::encode_into;
 use crate::types::*;
 
 /// Counters that show group commit at work: `entries_appended /
@@ -202,7 +203,13 @@ struct Log {
     /// Set when a write failed half-way: the files may no longer match the
     /// index, so nothing more is written until a restart re-reads them.
     failed: Option<String>,
+    /// The buffer appends encode their records into, kept between appends
+    /// (up to [`WRITE_BUF_KEEP_MAX`]) so that an append allocates nothing.
+    write_buf: Vec<u8>,
 }
+
+/// Largest append buffer kept for the next append.
+const WRITE_BUF_KEEP_MAX: usize = 16 * 1024 * 1024;
 
 struct Shared {
     dir: PathBuf,
@@ -273,15 +280,20 @@ fn record_crc(index: u64, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Appends the record of `entry` to `buf`; returns the payload length.
+/// Appends the record of `entry` to `buf`; returns the payload length. The
+/// entry is encoded in place, after room for the header.
 fn encode_record(entry: &Entry, buf: &mut Vec<u8>) -> io::Result<u32> {
-    let payload = encode(entry)?;
+    let start = buf.len();
+    let header = RECORD_HEADER_BYTES as usize;
+    buf.resize(start + header, 0);
+    encode_into(entry, buf)?;
+    let payload = &buf[start + header..];
     let len = u32::try_from(payload.len()).map_err(|_| corrupt(format!("log entry of {} bytes", payload.len())))?;
     let index = entry.index();
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&record_crc(index, &payload).to_le_bytes());
-    buf.extend_from_slice(&index.to_le_bytes());
-    buf.extend_from_slice(&payload);
+    let crc = record_crc(index, payload);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    buf[start + 8..start + header].copy_from_slice(&index.to_le_bytes());
     Ok(len)
 }
 
@@ -397,7 +409,8 @@ impl Log {
     fn write_inner(&mut self, entries: &[Entry]) -> io::Result<Vec<Arc<File>>> {
         debug_assert_eq!(self.locs.is_empty(), self.segments.is_empty(), "segments without live entries");
         let mut files: Vec<Arc<File>> = Vec::new();
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.write_buf);
+        buf.clear();
         let mut new_locs = Vec::new();
         let mut next = self.last_index().map(|i| i + 1);
         let mut last = None;
@@ -441,6 +454,10 @@ impl Log {
         }
         if last.is_some() {
             self.last = last;
+        }
+        if buf.capacity() <= WRITE_BUF_KEEP_MAX {
+            buf.clear();
+            self.write_buf = buf;
         }
         Ok(files)
     }
@@ -727,6 +744,7 @@ fn open_files(dir: &Path, group: GroupId, segment_bytes_max: u64) -> io::Result<
         last: None,
         unsynced: BTreeMap::new(),
         failed: None,
+        write_buf: Vec::new(),
     };
     let mut last_record: Option<(u64, Vec<u8>)> = None;
     let mut next_expected: Option<u64> = None;

@@ -26,7 +26,6 @@ use prometheus_client::encoding::EncodeMetric;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use quorumq_raft_state_machine::QueueInfo;
 
@@ -145,8 +144,8 @@ pub struct Scrape {
     pub disk_free_bytes: Option<u64>,
     pub disk_total_bytes: Option<u64>,
     pub alarms: AlarmView,
-    /// Client commands per proposed entry (group commit), when known.
-    pub entry_commands: Option<Histogram>,
+    /// The group commit's histograms, when known.
+    pub batch: Option<crate::batcher::BatchStats>,
 }
 
 impl Scrape {
@@ -220,7 +219,7 @@ impl Scrape {
             disk_free_bytes: sample.disk_free_bytes,
             disk_total_bytes: sample.disk_total_bytes,
             alarms,
-            entry_commands: Some(source.batch_stats.entry_commands.clone()),
+            batch: Some((*source.batch_stats).clone()),
         }
     }
 }
@@ -365,10 +364,22 @@ impl Collector for ScrapeCollector {
             None,
             MetricType::Histogram,
         )?)?;
-        if let Some(histogram) = &s.entry_commands {
-            histogram.encode(e.encode_descriptor(
+        if let Some(batch) = &s.batch {
+            batch.entry_commands.encode(e.encode_descriptor(
                 "raft_entry_commands",
                 "Client commands in each Raft entry this node proposed (group commit; 1: proposed alone).",
+                None,
+                MetricType::Histogram,
+            )?)?;
+            batch.wait_seconds.encode(e.encode_descriptor(
+                "raft_entry_wait_seconds",
+                "Seconds the oldest client command of each entry waited for one of the entries in flight to finish.",
+                None,
+                MetricType::Histogram,
+            )?)?;
+            batch.entry_seconds.encode(e.encode_descriptor(
+                "raft_entry_seconds",
+                "Seconds from proposing each entry to its outcome (committed by a majority and applied here).",
                 None,
                 MetricType::Histogram,
             )?)?;
@@ -560,11 +571,12 @@ mod tests {
                 disk_free_min_bytes: 50_000_000,
                 memory_max_bytes: None,
             },
-            entry_commands: Some({
-                let h = crate::batcher::BatchStats::default().entry_commands;
-                h.observe(1.0);
-                h.observe(300.0);
-                h
+            batch: Some({
+                let b = crate::batcher::BatchStats::default();
+                b.entry_commands.observe(1.0);
+                b.entry_commands.observe(300.0);
+                b.entry_seconds.observe(0.002);
+                b
             }),
         }
     }
@@ -604,6 +616,8 @@ mod tests {
             "quorumq_raft_entry_commands_sum 301.0",
             "quorumq_raft_entry_commands_bucket{le=\"1.0\"} 1",
             "quorumq_raft_entry_commands_bucket{le=\"512.0\"} 2",
+            "quorumq_raft_entry_seconds_count 1",
+            "quorumq_raft_entry_wait_seconds_count 0",
             "quorumq_queues 2",
             "quorumq_queue_ready{queue=\"orders\"} 5",
             "quorumq_queue_ready{queue=\"empty\"} 0",

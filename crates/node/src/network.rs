@@ -39,6 +39,7 @@ use tonic::transport::Endpoint;
 
 use crate::codec::decode;
 use crate::codec::encode;
+use crate::codec::encode_bodies;
 use crate::limits;
 use crate::sm_store::SnapshotFile;
 use crate::types::*;
@@ -214,7 +215,7 @@ impl Connection {
                 from_node_id: from,
                 // Encoding our own in-memory types cannot fail; if it ever
                 // did, an empty payload makes the follower end the stream.
-                payload: encode(&rpc).unwrap_or_default().into(),
+                payload: encode_bodies(&rpc).unwrap_or_default().into(),
             }
         });
         let mut client = self.client()?;
