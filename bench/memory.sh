@@ -18,6 +18,7 @@
 #   MESSAGES=100000 bash bench/memory.sh      # quicker
 #   MESSAGES=10000000 bash bench/memory.sh    # the 10M figure: ~30 GiB of disk per node
 #   IDLE=330 bash bench/memory.sh             # also after the dedup window
+#   IDLE=330 RESTART=1 bash bench/memory.sh   # and node 3 restarted: what a fresh process needs
 #   QUORUMQ=/tmp/quorumq-old bash bench/memory.sh   # another binary (no build)
 #   SERVER_ARGS='--cache-mb 64' bash bench/memory.sh  # extra server flags
 #
@@ -137,4 +138,22 @@ report "after sending:" "$ready"
 if [ "$idle" -gt 0 ]; then
     sleep "$idle"
     report "after $idle s idle:" "$ready"
+fi
+
+# RESTART=1: restart node 3 (SIGKILL, start again) and report once it has
+# caught up: a fresh process holds the same state with freshly laid-out
+# memory, so the difference from the line before is what the allocator of
+# the long-running process keeps without the state needing it.
+if [ -n "${RESTART:-}" ]; then
+    kill -9 "${pids[3]}" 2>/dev/null || true
+    wait "${pids[3]}" 2>/dev/null || true
+    start_node 3
+    committed=$(node_json "$(wait_leader)" | field committed_index)
+    for _ in $(seq 1 3000); do
+        applied=$(node_json 3 | field applied_index 2>/dev/null || echo 0)
+        [ "${applied:-0}" -ge "$committed" ] && break
+        sleep 0.1
+    done
+    sleep "$settle"
+    report "node 3 restarted:" "$ready"
 fi

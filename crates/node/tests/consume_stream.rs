@@ -176,7 +176,7 @@ async fn prefetch_bounds_deliveries_and_pipelined_acks_are_answered_in_order() {
         .into_inner();
     assert!(acked.results.iter().all(|r| r.error.is_none()));
     let last = stream.messages(20).await;
-    let mut all: Vec<String> = first.iter().chain(&delivered).chain(&last).map(|m| body(m)).collect();
+    let mut all: Vec<String> = first.iter().chain(&delivered).chain(&last).map(body).collect();
     all.sort_by_key(|b| b[1..].parse::<u32>().unwrap());
     assert_eq!(all, bodies, "every message delivered exactly once");
 
@@ -235,11 +235,9 @@ async fn a_delivery_held_past_the_consumer_timeout_ends_the_stream() {
     let mut stream = Stream::open(&mut client, "slow", 5, Some(500)).await;
     let held = stream.message().await;
     let started = Instant::now();
-    let status = loop {
-        match stream.next().await {
-            Err(status) => break status,
-            Ok(other) => panic!("expected the stream to end, got {other:?}"),
-        }
+    let status = match stream.next().await {
+        Err(status) => status,
+        Ok(other) => panic!("expected the stream to end, got {other:?}"),
     };
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(started.elapsed() >= Duration::from_millis(300), "ended after {:?}", started.elapsed());
