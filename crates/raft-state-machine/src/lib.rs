@@ -29,6 +29,7 @@
 //! ```
 
 mod compact;
+mod dedup;
 pub mod limits;
 mod state;
 mod types;

@@ -10,6 +10,8 @@ use sha2::Sha256;
 
 use crate::compact::Messages;
 use crate::compact::ReadySet;
+use crate::dedup::DedupIds;
+use crate::dedup::IdHash;
 use crate::limits;
 use crate::types::*;
 
@@ -57,14 +59,11 @@ struct Queue {
     /// when it entered, and entry times grow with seq, so the oldest message
     /// is the first of this index or the first message.
     resent: BTreeSet<(u64, u64)>,
-    dedup: BTreeMap<IdHash, DedupEntry>,
-    dedup_expiry: BTreeSet<(u64, IdHash)>,
+    /// Remembered message ids (serialized as the id map and the expiry
+    /// set they replaced, see dedup.rs).
+    dedup: DedupIds,
     counters: Counters,
 }
-
-/// 16 bytes of SHA-256 of a producer's message id (or of a body, for
-/// content-based deduplication): fixed size, and the same on every node.
-type IdHash = [u8; 16];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum MessageState {
@@ -91,12 +90,6 @@ pub(crate) struct MessageMeta {
     pub(crate) expires_at_ms: Option<u64>,
     /// A dead-lettered message: the queue it came from (for redrive).
     pub(crate) source_queue: Option<QueueId>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct DedupEntry {
-    seq: u64,
-    expires_at_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,7 +362,6 @@ impl State {
         queue.config = config;
         if queue.config.dedup_window_ms == 0 {
             queue.dedup.clear();
-            queue.dedup_expiry.clear();
         }
         Ok(Outcome::QueueUpdated { queue: queue.info(&name, now) })
     }
@@ -542,7 +534,7 @@ impl State {
         self.queues
             .values()
             .filter_map(|q| {
-                q.dedup_expiry.first().map(|&(at, _)| at.div_ceil(SLACK).saturating_mul(SLACK).saturating_add(SLACK))
+                q.dedup.first_expiry().map(|at| at.div_ceil(SLACK).saturating_mul(SLACK).saturating_add(SLACK))
             })
             .min()
     }
@@ -620,8 +612,7 @@ impl Queue {
             in_flight: BTreeSet::new(),
             ttl: BTreeSet::new(),
             resent: BTreeSet::new(),
-            dedup: BTreeMap::new(),
-            dedup_expiry: BTreeSet::new(),
+            dedup: DedupIds::default(),
             counters: Counters::default(),
         }
     }
@@ -991,12 +982,8 @@ impl Queue {
     }
 
     fn prune_dedup(&mut self, now: u64) {
-        while let Some(&(expires_at_ms, hash)) = self.dedup_expiry.first() {
-            if expires_at_ms > now {
-                break;
-            }
-            self.dedup_expiry.pop_first();
-            self.dedup.remove(&hash);
+        while self.dedup.first_expiry().is_some_and(|at| at <= now) {
+            self.dedup.pop_first();
         }
     }
 
@@ -1049,9 +1036,9 @@ impl Queue {
             message.id.as_deref().map(|id| hash16(id.as_bytes()))
         };
         if let Some(key) = &dedup_key
-            && let Some(entry) = self.dedup.get(key)
+            && let Some(seq) = self.dedup.seq_of(key)
         {
-            return Ok(Sent { seq: Seq(entry.seq), duplicate: true });
+            return Ok(Sent { seq: Seq(seq), duplicate: true });
         }
         self.make_room(size as u64, ctx)?;
         let seq = self.next_seq;
@@ -1060,11 +1047,9 @@ impl Queue {
             && self.config.dedup_window_ms > 0
         {
             let expires_at_ms = now.saturating_add(self.config.dedup_window_ms);
-            self.dedup.insert(key, DedupEntry { seq, expires_at_ms });
-            self.dedup_expiry.insert((expires_at_ms, key));
+            self.dedup.insert(key, seq, expires_at_ms);
             if self.dedup.len() > limits::DEDUP_ENTRIES_PER_QUEUE_MAX {
-                let (_, oldest) = self.dedup_expiry.pop_first().expect("dedup index is not empty");
-                self.dedup.remove(&oldest);
+                self.dedup.pop_first();
                 self.counters.dedup_evicted_total += 1;
             }
         }
@@ -1441,14 +1426,21 @@ impl Queue {
         if self.groups.available.len() != self.groups.groups.values().filter(|g| g.available_at.is_some()).count() {
             return Err("the available-groups index has stale entries".into());
         }
-        if self.dedup.len() != self.dedup_expiry.len() {
-            return Err("dedup map and expiry index differ in size".into());
-        }
-        for &(expires_at_ms, hash) in &self.dedup_expiry {
-            match self.dedup.get(&hash) {
-                Some(entry) if entry.expires_at_ms == expires_at_ms && entry.seq >= 1 && entry.seq < self.next_seq => {}
+        let mut previous = None;
+        let mut counted = 0;
+        for (hash, seq, expires_at_ms) in self.dedup.iter() {
+            match seq {
+                Some(seq) if seq >= 1 && seq < self.next_seq => {}
                 _ => return Err("a dedup expiry entry does not match its dedup entry".into()),
             }
+            if previous.is_some_and(|p| p > (expires_at_ms, hash)) {
+                return Err("the dedup expiry index is out of order".into());
+            }
+            previous = Some((expires_at_ms, hash));
+            counted += 1;
+        }
+        if counted != self.dedup.len() {
+            return Err("dedup map and expiry index differ in size".into());
         }
         Ok(())
     }
