@@ -73,6 +73,8 @@ impl Client {
         let mut target = router.first_target();
         let mut ambiguous = false;
         let mut redirects = 0u32;
+        // Whether the last failure named a leader (no election under way).
+        let mut leader_named;
         let mut failovers = 0u32;
         let mut probe = None;
         let mut attempts = 0u32;
@@ -109,6 +111,7 @@ impl Client {
                     sent: true,
                 },
             };
+            leader_named = false;
             match failure {
                 Failure::Final(error) => return Err(CallFailure { error, ambiguous }),
                 Failure::NotLeader { hint: Some(hint), proposed } if router.recently_failed(&hint.address) => {
@@ -132,6 +135,7 @@ impl Client {
                     last_error =
                         Some(Error::Unavailable(format!("{target} is not the leader; it named {}", hint.address)));
                     router.set_leader(&hint.address);
+                    leader_named = true;
                     let follow_now = hint.address != target && redirects < limits::REDIRECTS_WITHOUT_BACKOFF_MAX;
                     target = hint.address;
                     if follow_now {
@@ -182,8 +186,10 @@ impl Client {
             failovers = 0;
             // One call of the client probes with short pauses while a new
             // leader is being elected; the others back off, and all go to
-            // the new leader as soon as any call has reached it.
-            let probing_allowed = start.elapsed() < limits::LEADER_PROBE_FAST_WINDOW;
+            // the new leader as soon as any call has reached it. Nodes that
+            // keep naming a leader that refuses (hints that go round in a
+            // loop) are not an election: that call backs off.
+            let probing_allowed = !leader_named && start.elapsed() < limits::LEADER_PROBE_FAST_WINDOW;
             if !probing_allowed {
                 probe = None;
             } else if probe.is_none() {
