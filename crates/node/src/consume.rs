@@ -16,7 +16,7 @@
 //! the order their Receives were proposed, answers in the order their
 //! requests came. Waiting for each write in turn (receive, push, wait for the
 //! ack, propose it, wait for its commit, receive again) held one consumer
-//! with prefetch 256 to 8.5k msgs/s; pipelined it reached 31-45k on the same
+//! with prefetch 256 to 8.5k msgs/s; pipelined it reached 27.6-39.3k on the same
 //! machine (BENCHMARKS.md).
 //!
 //! Fairness: a consumer takes at most its share of what is visible (the
