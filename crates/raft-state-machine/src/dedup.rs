@@ -60,6 +60,10 @@ impl Hasher for IdHasher {
 
 type Seqs = HashMap<IdHash, u64, BuildHasherDefault<IdHasher>>;
 
+/// How far from the back of the expiry deque an insert looks for its place
+/// before searching the whole deque.
+const NEAR_BACK: usize = 64;
+
 /// Below this many slots a table is never shrunk.
 const SHRINK_MIN_CAPACITY: usize = 1024;
 
@@ -92,13 +96,18 @@ impl DedupIds {
         debug_assert!(!self.seqs.contains_key(&id), "an id is remembered once");
         self.seqs.insert(id, seq);
         let key = (expires_at_ms, id);
-        if self.expiry.back().is_none_or(|last| *last <= key) {
-            self.expiry.push_back(key);
+        // Ids of one batch share their expiry and arrive in no id order,
+        // so the place is usually a few entries from the back: look there
+        // first (cache-friendly, no search of the whole deque).
+        let len = self.expiry.len();
+        let from_back = self.expiry.iter().rev().take(NEAR_BACK).take_while(|e| **e > key).count();
+        let at = if from_back < NEAR_BACK || from_back == len {
+            len - from_back
         } else {
             // The window was shortened since earlier ids were remembered.
-            let at = self.expiry.partition_point(|e| *e < key);
-            self.expiry.insert(at, key);
-        }
+            self.expiry.partition_point(|e| *e < key)
+        };
+        self.expiry.insert(at, key);
     }
 
     /// Forgets the id that expires first; returns when it expired.
@@ -249,6 +258,28 @@ mod tests {
         assert_eq!(ids.seq_of(&id(1)), None);
         assert_eq!(ids.seq_of(&id(3)), Some(1));
         assert_eq!(ids.first_expiry(), Some(500));
+    }
+
+    #[test]
+    fn inserts_near_the_back_and_far_from_it_keep_the_order_of_a_sorted_set() {
+        // Batches of ids sharing an expiry, in scrambled id order, some runs
+        // longer than the look-back, and now and then an earlier expiry.
+        let mut ids = DedupIds::default();
+        let mut model = BTreeSet::new();
+        let mut n = 0u64;
+        for batch in 0..40u64 {
+            let expires = if batch % 7 == 6 { 1000 + (batch - 3) * 10 } else { 1000 + batch * 10 };
+            for _ in 0..(batch * 5 % 150) {
+                n += 1;
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+                ids.insert(key, n, expires);
+                model.insert((expires, key));
+            }
+        }
+        let got: Vec<(u64, IdHash)> = ids.iter().map(|(id, _, at)| (at, id)).collect();
+        let want: Vec<(u64, IdHash)> = model.into_iter().collect();
+        assert_eq!(got, want);
     }
 
     #[test]
