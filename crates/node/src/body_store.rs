@@ -122,16 +122,47 @@ pub struct BodyStore {
 /// through, while the store goes on changing.
 pub struct Capture {
     pub generation: u64,
-    /// In no particular order until [`Capture::sort`].
-    pub entries: Vec<(QueueId, Seq, Loc)>,
+    /// Each queue's index, by queue id.
+    index: Vec<(QueueId, SeqIndex)>,
+    len: usize,
     files: HashMap<u32, Arc<File>>,
     dir: PathBuf,
 }
 
 impl Capture {
-    /// Orders the entries by queue id, then seq (done off the apply path).
-    pub fn sort(&mut self) {
-        self.entries.sort_unstable_by_key(|(q, s, _)| (*q, *s));
+    /// Records in the capture.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Calls `f` with every entry, ordered by queue id, then seq; stops at
+    /// the first error.
+    pub fn try_for_each(&self, mut f: impl FnMut(QueueId, Seq, Loc) -> io::Result<()>) -> io::Result<()> {
+        let mut result = Ok(());
+        for (queue_id, seqs) in &self.index {
+            seqs.for_each(|seq, loc| {
+                if result.is_ok() {
+                    result = f(*queue_id, Seq(seq), loc);
+                }
+            });
+            if result.is_err() {
+                break;
+            }
+        }
+        result
+    }
+
+    /// Every entry, in the order of [`Capture::try_for_each`].
+    pub fn entries(&self) -> Vec<(QueueId, Seq, Loc)> {
+        let mut entries = Vec::with_capacity(self.len);
+        for (queue_id, seqs) in &self.index {
+            seqs.for_each(|seq, loc| entries.push((*queue_id, Seq(seq), loc)));
+        }
+        entries
     }
 
     /// Makes every record the capture refers to durable.
@@ -415,12 +446,13 @@ impl BodyStore {
         let mut inner = self.lock();
         inner.write_pending()?;
         inner.generation += 1;
-        let mut entries = Vec::with_capacity(inner.entries as usize);
-        for (queue, seqs) in &inner.index {
-            seqs.for_each(|seq, loc| entries.push((QueueId(*queue), Seq(seq), loc)));
-        }
+        // A copy of the index (12 bytes a message in dense chunks), not a
+        // list of entries: this runs on the apply path, under the lock.
+        let mut index: Vec<(QueueId, SeqIndex)> =
+            inner.index.iter().map(|(queue, seqs)| (QueueId(*queue), seqs.clone())).collect();
+        index.sort_unstable_by_key(|(queue, _)| *queue);
         let files = inner.segments.iter().map(|(s, seg)| (*s, seg.file.clone())).collect();
-        Ok(Capture { generation: inner.generation, entries, files, dir: self.dir.clone() })
+        Ok(Capture { generation: inner.generation, index, len: inner.entries as usize, files, dir: self.dir.clone() })
     }
 
     /// A checkpoint of capture `generation` is durable: segments retired
@@ -577,18 +609,18 @@ mod tests {
         assert!(store.get(QueueId(1), Seq(8)).unwrap().is_none());
         assert!(store.get(QueueId(1), Seq(3)).unwrap().is_none());
         assert_eq!(store.len(), 90);
-        let mut capture = store.capture().unwrap();
-        capture.sort();
+        let capture = store.capture().unwrap();
         capture.sync().unwrap();
-        assert_eq!(capture.entries.len(), 90);
-        assert_eq!(capture.entries[0].1, Seq(10));
+        assert_eq!(capture.len(), 90);
+        assert_eq!(capture.entries().len(), 90);
+        assert_eq!(capture.entries()[0].1, Seq(10));
         // Written after the capture: garbage after a reopen.
         store.put(QueueId(1), Seq(500), &record(500)).unwrap();
         store.write_pending().unwrap();
         drop(store);
 
         let store = BodyStore::open(dir.path()).unwrap();
-        store.load_index(capture.entries.clone()).unwrap();
+        store.load_index(capture.entries()).unwrap();
         assert_eq!(store.len(), 90);
         assert_eq!(store.get(QueueId(1), Seq(99)).unwrap().unwrap(), record(99));
         assert!(store.get(QueueId(1), Seq(500)).unwrap().is_none());
@@ -649,8 +681,8 @@ mod tests {
         store.checkpoint_durable(capture.generation).unwrap();
         drop(store);
         let store = BodyStore::open(dir.path()).unwrap();
-        store.load_index(capture.entries.clone()).unwrap();
-        for (q, s, loc) in &capture.entries {
+        store.load_index(capture.entries()).unwrap();
+        for (q, s, loc) in &capture.entries() {
             assert_eq!(store.get(*q, *s).unwrap().unwrap(), record(s.0 as usize), "{loc:?}");
         }
     }
@@ -669,7 +701,7 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         let store = BodyStore::open(dir.path()).unwrap();
-        store.load_index(capture.entries.clone()).unwrap();
+        store.load_index(capture.entries()).unwrap();
         let err = store.get(QueueId(1), Seq(1)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }

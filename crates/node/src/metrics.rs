@@ -26,6 +26,7 @@ use prometheus_client::encoding::EncodeMetric;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use quorumq_raft_state_machine::QueueInfo;
 
@@ -146,6 +147,9 @@ pub struct Scrape {
     pub alarms: AlarmView,
     /// The group commit's histograms, when known.
     pub batch: Option<crate::batcher::BatchStats>,
+    pub checkpoints_written: u64,
+    /// Checkpoint captures on the apply path, when known.
+    pub checkpoint_capture_seconds: Option<Histogram>,
 }
 
 impl Scrape {
@@ -220,6 +224,8 @@ impl Scrape {
             disk_total_bytes: sample.disk_total_bytes,
             alarms,
             batch: Some((*source.batch_stats).clone()),
+            checkpoints_written: source.sm.checkpoints_written(),
+            checkpoint_capture_seconds: Some(source.sm.checkpoint_capture_seconds()),
         }
     }
 }
@@ -390,6 +396,20 @@ impl Collector for ScrapeCollector {
             "Size of this node's current snapshot file (last built, installed or loaded), 0 when none.",
             s.snapshot_bytes,
         )?;
+        counter(
+            e,
+            "checkpoints_written",
+            "Checkpoints (queue state and body index, no bodies) written since this node started.",
+            s.checkpoints_written,
+        )?;
+        if let Some(capture) = &s.checkpoint_capture_seconds {
+            capture.encode(e.encode_descriptor(
+                "checkpoint_capture_seconds",
+                "Seconds the state machine spent capturing each checkpoint (encoding the state, copying the body index); applies wait meanwhile.",
+                None,
+                MetricType::Histogram,
+            )?)?;
+        }
         gauge(
             e,
             "body_store_bytes",
@@ -578,6 +598,12 @@ mod tests {
                 b.entry_seconds.observe(0.002);
                 b
             }),
+            checkpoints_written: 3,
+            checkpoint_capture_seconds: Some({
+                let h = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 2.0, 16));
+                h.observe(0.012);
+                h
+            }),
         }
     }
 
@@ -611,6 +637,9 @@ mod tests {
             "quorumq_log_flush_entries_sum 3.0",
             "quorumq_snapshot_bytes 4096",
             "quorumq_body_store_bytes 8192",
+            "quorumq_checkpoints_written_total 3",
+            "quorumq_checkpoint_capture_seconds_count 1",
+            "quorumq_checkpoint_capture_seconds_bucket{le=\"0.0128\"} 1",
             "quorumq_remembered_ids 7",
             "quorumq_raft_entry_commands_count 2",
             "quorumq_raft_entry_commands_sum 301.0",

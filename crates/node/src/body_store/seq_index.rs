@@ -18,6 +18,7 @@ const SPARSE_MAX: usize = 16;
 const DENSE_MIN: usize = SPARSE_MAX / 2;
 const EMPTY: Loc = Loc { seg: u32::MAX, off: u32::MAX, len: u32::MAX };
 
+#[derive(Clone)]
 enum Chunk {
     /// Sorted by offset in the chunk.
     Sparse(Vec<(u8, Loc)>),
@@ -104,8 +105,9 @@ impl Chunk {
     }
 }
 
-/// seq -> location for one queue.
-#[derive(Default)]
+/// seq -> location for one queue. Cloning copies its chunks (12 bytes a
+/// message when dense): what a checkpoint's capture of the index costs.
+#[derive(Clone, Default)]
 pub struct SeqIndex {
     chunks: BTreeMap<u64, Chunk>,
     len: usize,
