@@ -3,23 +3,30 @@
 # cluster on loopback with /metrics, one workload of the peers harness
 # (bench/peers) against it, then
 #
-#   - the workload's own figures (msgs/s, confirm latency);
+#   - the workload's own figures (msgs/s, confirm latency) and the CPU the
+#     three nodes used per message (steadier than msgs/s when the disk's
+#     speed varies from run to run);
 #   - per node, from /metrics: log fsyncs (count, mean, p50/p90/p99 from the
 #     histogram buckets), entries per fsync, client commands per Raft entry;
 #   - with PERF=1: a flat `perf` profile of the leader for PERF_SECS seconds,
 #     started PERF_DELAY seconds after the workload (past a consume
-#     workload's pre-fill), and the share of a core the leader used.
+#     workload's pre-fill), and the share of a core each node and the
+#     client used; PERF=all profiles the whole machine instead (samples by
+#     process, then by symbol).
 #
 #   bash bench/profile.sh consume            # consume + ack, prefetch 256, 100k pre-filled
 #   bash bench/profile.sh one                # publish, 1 producer x 1 in flight, 15 s
 #   bash bench/profile.sh many               # publish, 4 producers x 256 in flight
 #   PERF=1 bash bench/profile.sh consume     # and a perf profile of the leader
+#   PERF=all bash bench/profile.sh consume   # a profile of every process on the machine
 #
 # Knobs: MESSAGES (100000), DURATION (seconds, 15), SIZE (1024), BASE_PORT
 # (26100; gRPC BASE+1..3, HTTP BASE+11..13), PERF, PERF_DELAY (3), PERF_SECS (4),
 # KEEP (keep the data, logs, metrics and perf.data under the temp dir),
-# SKIP_BUILD. Every process it starts is killed on exit; the workload is
-# bounded by DURATION and MESSAGES, the whole run by a 10-minute timeout.
+# SKIP_BUILD, QUORUMQ (the server binary to run; default the one built
+# here: a copy of an older build gives a before/after pair). Every process
+# it starts is killed on exit; the workload is bounded by DURATION and
+# MESSAGES, the whole run by a 10-minute timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -62,7 +69,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
     cargo build --release --locked -p quorumq >"$dir/build.log" 2>&1 || { cat "$dir/build.log" >&2; exit 1; }
     (cd bench/peers && cargo build --release --locked) >>"$dir/build.log" 2>&1 || { cat "$dir/build.log" >&2; exit 1; }
 fi
-q=$root/target/release/quorumq
+q=${QUORUMQ:-$root/target/release/quorumq} # QUORUMQ: another build, for before/after runs
 drv=$root/bench/peers/target/release/quorumq-bench-peers
 
 peers="1=127.0.0.1:$((base + 1)),2=127.0.0.1:$((base + 2)),3=127.0.0.1:$((base + 3))"
@@ -83,19 +90,37 @@ done
 [ -n "$leader" ] || { log "no leader"; exit 1; }
 log "leader: node $leader; workload: ${args[*]}"
 
+# CPU ticks (user + system) of a process, 0 once it is gone.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 if [ -n "${PERF:-}" ]; then
     leader_pid=${pids[$((leader - 1))]}
     (
         sleep "${PERF_DELAY:-3}"
-        ticks0=$(awk '{print $14 + $15}' "/proc/$leader_pid/stat")
-        perf record -F 499 -g -p "$leader_pid" -o "$dir/perf.data" -- sleep "${PERF_SECS:-4}" >/dev/null 2>&1
-        ticks1=$(awk '{print $14 + $15}' "/proc/$leader_pid/stat")
-        echo "$ticks0 $ticks1" >"$dir/ticks"
+        drv_pid=$(pgrep -f -n "$drv" || echo 0)
+        watched=("${pids[@]}" "$drv_pid")
+        before=(); for pid in "${watched[@]}"; do before+=("$(ticks "$pid")"); done
+        idle0=$(awk '/^cpu / {print $5 + $6}' /proc/stat)
+        if [ "$PERF" = all ]; then
+            # Every process on the machine: the three nodes and the client.
+            perf record -F 499 -g -a -o "$dir/perf.data" -- sleep "${PERF_SECS:-4}" >/dev/null 2>&1
+        else
+            perf record -F 499 -g -p "$leader_pid" -o "$dir/perf.data" -- sleep "${PERF_SECS:-4}" >/dev/null 2>&1
+        fi
+        idle1=$(awk '/^cpu / {print $5 + $6}' /proc/stat)
+        i=0
+        for pid in "${watched[@]}"; do
+            echo "$pid ${before[$i]} $(ticks "$pid")"
+            i=$((i + 1))
+        done >"$dir/ticks"
+        echo "idle $idle0 $idle1" >>"$dir/ticks"
     ) &
     perf_job=$!
 fi
 
+node_ticks() { local t=0; for pid in "${pids[@]}"; do t=$((t + $(ticks "$pid"))); done; echo "$t"; }
+ticks_before=$(node_ticks)
 timeout 600 "$drv" "${args[@]}" --peer quorumq --addrs "$addrs" --size "$size" --json >"$dir/result.json"
+echo "$ticks_before $(node_ticks) $(getconf CLK_TCK)" >"$dir/node_ticks"
 [ -n "${PERF:-}" ] && wait "$perf_job"
 for id in 1 2 3; do curl -fsS "http://127.0.0.1:$((base + 10 + id))/metrics" >"$dir/metrics$id"; done
 
@@ -108,6 +133,14 @@ lat = r.get("confirm_latency")
 if lat:
     print(f"  confirm p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.2f} ms", end="")
 print()
+# CPU of the three nodes together over the whole run (a consume run's
+# pre-fill included) per message sent or acked: a figure that, unlike
+# msgs/s, does not move with the disk's speed.
+t0, t1, hz = (int(x) for x in open(f"{d}/node_ticks").read().split())
+handled = r.get("confirmed", 0) + r.get("prefilled", 0) + r.get("acked", 0)
+if handled:
+    print(f"nodes' CPU: {(t1 - t0) / hz:.1f} s for {handled} messages sent or acked, "
+          f"{1e6 * (t1 - t0) / hz / handled:.1f} us per message")
 
 def metrics(path):
     out = {}
@@ -146,7 +179,8 @@ for node in (1, 2, 3):
     if node == leader:
         for name, what in (("quorumq_log_append_seconds", "log write -> durable"),
                            ("quorumq_raft_entry_wait_seconds", "command waits for a free slot"),
-                           ("quorumq_raft_entry_seconds", "entry proposed -> applied")):
+                           ("quorumq_raft_entry_seconds", "entry proposed -> applied"),
+                           ("quorumq_checkpoint_capture_seconds", "checkpoint capture (applies wait)")):
             n = m.get((name + "_count", ""), 0)
             s = m.get((name + "_sum", ""), 0)
             q = lambda p: quantile(m, name, p) * 1000
@@ -155,9 +189,29 @@ for node in (1, 2, 3):
 EOF
 
 if [ -n "${PERF:-}" ]; then
-    read -r t0 t1 <"$dir/ticks"
     hz=$(getconf CLK_TCK)
-    python3 -c "import sys; print(f'leader CPU: {($t1 - $t0) / $hz / ${PERF_SECS:-4}:.2f} cores over the {${PERF_SECS:-4}} s profile')"
-    perf report -i "$dir/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -30 | cut -c1-120
+    secs=${PERF_SECS:-4}
+    # The share of a core each process used over the profile, and the
+    # machine's idle share (from /proc/stat, all cores).
+    python3 - "$dir/ticks" "$hz" "$secs" "$leader" "$(nproc)" <<'EOF'
+import sys
+path, hz, secs, leader, cores = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+lines = [l.split() for l in open(path)]
+names = [f"node {i}" + (" (leader)" if i == leader else "") for i in (1, 2, 3)] + ["client (bench/peers)"]
+for name, (pid, t0, t1) in zip(names, lines[:4]):
+    print(f"CPU {name}: {(int(t1) - int(t0)) / hz / secs:.2f} cores over the {secs:g} s profile")
+_, i0, i1 = lines[4]
+print(f"machine idle: {(int(i1) - int(i0)) / hz / secs:.2f} of {cores} cores")
+EOF
+    if [ "$PERF" = all ]; then
+        echo "share of all samples by process:"
+        perf report -i "$dir/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null |
+            grep -E '^ +[0-9.]+%' | head -12 | cut -c1-100
+        echo "by symbol, every process:"
+        perf report -i "$dir/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
+            grep -E '^ +[0-9.]+%' | head -40 | cut -c1-120
+    else
+        perf report -i "$dir/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
+            grep -E '^ +[0-9.]+%' | head -30 | cut -c1-120
+    fi
 fi
