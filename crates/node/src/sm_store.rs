@@ -146,6 +146,14 @@ pub struct Applied {
     pub state: State,
 }
 
+/// The queue state a checkpoint file is to hold.
+enum StateSource<'a> {
+    /// Already encoded (a snapshot's, written to both files).
+    Encoded(&'a [u8]),
+    /// Encoded straight into the file, with no encoded copy in memory.
+    Value(&'a State),
+}
+
 #[derive(Serialize, Deserialize)]
 struct CurrentSnapshot {
     file_name: String,
@@ -462,7 +470,7 @@ impl Shared {
             }
         }
         let capture = self.bodies.capture()?;
-        self.write_checkpoint(&meta, &state_bytes, capture)?;
+        self.write_checkpoint(&meta, StateSource::Encoded(&state_bytes), capture)?;
         self.remove_meta(META_BODIES_APPLIED)?;
         self.db.drop_tree(OLD_MESSAGES_TREE).map_err(io::Error::other)?;
         self.flush()?;
@@ -488,14 +496,17 @@ impl Shared {
     /// names; once it is durable, body segments retired before the capture
     /// are deleted. A capture older than the last checkpoint written is
     /// dropped (returns false).
-    fn write_checkpoint(&self, meta: &SnapshotMeta, state_bytes: &[u8], capture: Capture) -> io::Result<bool> {
+    fn write_checkpoint(&self, meta: &SnapshotMeta, state: StateSource<'_>, capture: Capture) -> io::Result<bool> {
         let mut newest = self.checkpoint_write.lock().expect("checkpoint lock");
         if capture.generation < *newest {
             return Ok(false);
         }
         capture.sync()?;
         let tmp = self.dir.join(self.new_file_name("tmp"));
-        let mut writer = snapshot_file::Writer::create(&tmp, meta, state_bytes)?;
+        let (mut writer, state_len) = match state {
+            StateSource::Encoded(bytes) => (snapshot_file::Writer::create(&tmp, meta, bytes)?, bytes.len() as u64),
+            StateSource::Value(state) => snapshot_file::Writer::create_encoding(&tmp, meta, state)?,
+        };
         capture.try_for_each(|queue_id, seq, loc| writer.record(queue_id, seq, &loc.encode()))?;
         writer.finish()?;
         let index = meta.last_log_id.as_ref().map_or(0, |id| id.index());
@@ -510,11 +521,11 @@ impl Shared {
         self.checkpoints_written.fetch_add(1, Ordering::Relaxed);
         self.last_checkpoint.store(index + 1, Ordering::Relaxed);
         if self.checkpoint_adaptive.load(Ordering::Relaxed) {
-            let size = state_bytes.len() as u64 + (capture.len() * (Loc::ENCODED + 20)) as u64;
+            let size = state_len + (capture.len() * (Loc::ENCODED + 20)) as u64;
             let every = self.checkpoint_floor.load(Ordering::Relaxed).max(2 * size);
             self.checkpoint_every.store(every, Ordering::Relaxed);
         }
-        tracing::debug!(last_log_id = ?meta.last_log_id, state_bytes = state_bytes.len(), "wrote checkpoint");
+        tracing::debug!(last_log_id = ?meta.last_log_id, state_bytes = state_len, "wrote checkpoint");
         Ok(true)
     }
 
@@ -550,11 +561,7 @@ impl Shared {
         self.since_checkpoint.store(0, Ordering::Relaxed);
         let shared = self.clone();
         tokio::task::spawn_blocking(move || {
-            let written = encode(&state).and_then(|state_bytes| {
-                drop(state);
-                shared.write_checkpoint(&meta, &state_bytes, capture)
-            });
-            if let Err(e) = written {
+            if let Err(e) = shared.write_checkpoint(&meta, StateSource::Value(&state), capture) {
                 tracing::error!(error = %e, "writing a checkpoint failed");
             }
             shared.checkpointing.store(false, Ordering::Release);
@@ -567,8 +574,9 @@ impl Shared {
     /// machine's task (so all three are as of `last_applied`), which waits
     /// meanwhile: the state is cloned here (a few milliseconds for 200,000
     /// messages) and encoded by the background writer (tens of
-    /// milliseconds, more with remembered ids), which keeps a second copy
-    /// of the state in memory while it runs.
+    /// milliseconds, more with remembered ids; a checkpoint encodes it
+    /// straight into its file), which keeps the clone in memory while it
+    /// runs.
     fn capture(&self) -> io::Result<(SnapshotMeta, State, Capture)> {
         let applied = self.applied.read().expect("applied lock");
         let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.last_membership.clone() };
@@ -598,7 +606,7 @@ impl Shared {
             self.bodies.put_encoded(queue_id, seq, &record)?;
         }
         let capture = self.bodies.capture()?;
-        self.write_checkpoint(&meta, reader.state_bytes(), capture)?;
+        self.write_checkpoint(&meta, StateSource::Encoded(reader.state_bytes()), capture)?;
 
         self.put_meta(META_CURRENT, &CurrentSnapshot { file_name, meta: meta.clone() })?;
         self.remove_meta(META_INSTALLING)?;
@@ -792,7 +800,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // A checkpoint at the snapshot's index before openraft may purge
             // the log behind it: a restart then loads the body index from it
             // instead of copying every body out of the snapshot.
-            shared.write_checkpoint(&meta, &state_bytes, capture)?;
+            shared.write_checkpoint(&meta, StateSource::Encoded(&state_bytes), capture)?;
             let index = meta.last_log_id.as_ref().map_or(0, |id| id.index());
             let file_name = format!("snap-{index:020}-{}", shared.new_file_name("b"));
             let path = shared.dir.join(&file_name);
