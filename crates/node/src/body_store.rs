@@ -156,7 +156,8 @@ impl Capture {
         result
     }
 
-    /// Every entry, in the order of [`Capture::try_for_each`].
+    /// Every entry, in the order of [`Capture::try_for_each`] (tests).
+    #[cfg(test)]
     pub fn entries(&self) -> Vec<(QueueId, Seq, Loc)> {
         let mut entries = Vec::with_capacity(self.len);
         for (queue_id, seqs) in &self.index {

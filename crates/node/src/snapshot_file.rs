@@ -57,12 +57,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn create(path: &Path, meta: &SnapshotMeta, state_bytes: &[u8]) -> io::Result<Writer> {
-        let file = File::create(path)?;
-        let mut out = BufWriter::with_capacity(1 << 20, CrcWriter::new(file));
-        out.write_all(MAGIC)?;
-        let meta_bytes = encode(meta)?;
-        out.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
-        out.write_all(&meta_bytes)?;
+        let mut out = begin(path, meta)?;
         out.write_all(&(state_bytes.len() as u64).to_le_bytes())?;
         out.write_all(state_bytes)?;
         end_section(&mut out)?;
@@ -76,12 +71,7 @@ impl Writer {
     /// length, unknown until the state is written, is filled in afterwards
     /// and the header's checksum combined from its three parts.
     pub fn create_encoding<T: Serialize>(path: &Path, meta: &SnapshotMeta, state: &T) -> io::Result<(Writer, u64)> {
-        let file = File::create(path)?;
-        let mut out = BufWriter::with_capacity(1 << 20, CrcWriter::new(file));
-        out.write_all(MAGIC)?;
-        let meta_bytes = encode(meta)?;
-        out.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
-        out.write_all(&meta_bytes)?;
+        let mut out = begin(path, meta)?;
         out.flush()?;
         let (mut crc, _) = out.get_mut().take_hasher();
         let len_at = out.get_mut().inner.stream_position()?;
@@ -113,6 +103,16 @@ impl Writer {
         let file = self.out.into_inner().map_err(|e| e.into_error())?.inner;
         file.sync_all()
     }
+}
+
+/// Creates the file and writes the magic and the meta, checksummed.
+fn begin(path: &Path, meta: &SnapshotMeta) -> io::Result<BufWriter<CrcWriter<File>>> {
+    let mut out = BufWriter::with_capacity(1 << 20, CrcWriter::new(File::create(path)?));
+    out.write_all(MAGIC)?;
+    let meta_bytes = encode(meta)?;
+    out.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
+    out.write_all(&meta_bytes)?;
+    Ok(out)
 }
 
 /// Writes the checksum of everything since the last one, itself not
