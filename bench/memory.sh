@@ -157,13 +157,21 @@ fi
 if [ -n "${RESTART:-}" ]; then
     kill -9 "${pids[3]}" 2>/dev/null || true
     wait "${pids[3]}" 2>/dev/null || true
+    restart_at=$(date +%s.%N)
     start_node 3
-    committed=$(node_json "$(wait_leader)" | field committed_index)
+    # Node 3 may have been the leader: ask until a live leader answers.
+    committed=
+    for _ in $(seq 1 600); do
+        committed=$(node_json "$(wait_leader)" | field committed_index 2>/dev/null) && break
+        sleep 0.1
+    done
+    [ -n "$committed" ] || { echo "no leader answers after the restart" >&2; exit 1; }
     for _ in $(seq 1 3000); do
         applied=$(node_json 3 | field applied_index 2>/dev/null || echo 0)
         [ "${applied:-0}" -ge "$committed" ] && break
         sleep 0.1
     done
+    echo "node 3 caught up $(awk -v a="$restart_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s after it was started (polled every 0.1 s)"
     sleep "$settle"
     report "node 3 restarted:" "$ready"
 fi

@@ -242,14 +242,15 @@ impl BodyStore {
 
     /// Sets the index to `entries` (read from a checkpoint), then deletes
     /// every segment none of them points to.
-    pub fn load_index(&self, entries: impl IntoIterator<Item = (QueueId, Seq, Loc)>) -> io::Result<()> {
+    pub fn load_index(&self, entries: impl IntoIterator<Item = io::Result<(QueueId, Seq, Loc)>>) -> io::Result<()> {
         let mut inner = self.lock();
         inner.index.clear();
         inner.entries = 0;
         for segment in inner.segments.values_mut() {
             segment.live = 0;
         }
-        for (queue_id, seq, loc) in entries {
+        for entry in entries {
+            let (queue_id, seq, loc) = entry?;
             let segment = inner
                 .segments
                 .get_mut(&loc.seg)
@@ -621,7 +622,7 @@ mod tests {
         drop(store);
 
         let store = BodyStore::open(dir.path()).unwrap();
-        store.load_index(capture.entries()).unwrap();
+        store.load_index(capture.entries().into_iter().map(Ok)).unwrap();
         assert_eq!(store.len(), 90);
         assert_eq!(store.get(QueueId(1), Seq(99)).unwrap().unwrap(), record(99));
         assert!(store.get(QueueId(1), Seq(500)).unwrap().is_none());
@@ -682,7 +683,7 @@ mod tests {
         store.checkpoint_durable(capture.generation).unwrap();
         drop(store);
         let store = BodyStore::open(dir.path()).unwrap();
-        store.load_index(capture.entries()).unwrap();
+        store.load_index(capture.entries().into_iter().map(Ok)).unwrap();
         for (q, s, loc) in &capture.entries() {
             assert_eq!(store.get(*q, *s).unwrap().unwrap(), record(s.0 as usize), "{loc:?}");
         }
@@ -702,7 +703,7 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         let store = BodyStore::open(dir.path()).unwrap();
-        store.load_index(capture.entries()).unwrap();
+        store.load_index(capture.entries().into_iter().map(Ok)).unwrap();
         let err = store.get(QueueId(1), Seq(1)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }

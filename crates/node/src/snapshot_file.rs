@@ -12,8 +12,9 @@
 //! ```
 //!
 //! Queue ids start at 1, so a zero queue id marks the end. A restart reads
-//! only the header and the state; a follower installing the snapshot reads
-//! the records too. Both checksums are verified before anything is used.
+//! the header, the state and the records (the body index); a follower
+//! installing a snapshot reads the same. The header's checksum is verified
+//! before the state is returned; the records' at their end.
 
 use std::fs::File;
 use std::io;
@@ -29,6 +30,7 @@ use quorumq_raft_state_machine::QueueId;
 use quorumq_raft_state_machine::Seq;
 use quorumq_raft_state_machine::State;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::codec::decode;
 use crate::codec::encode;
@@ -124,14 +126,27 @@ fn end_section(out: &mut BufWriter<CrcWriter<File>>) -> io::Result<()> {
     inner.inner.write_all(&crc.to_le_bytes())
 }
 
-/// Reads a snapshot file: the header first, then (optionally) the records.
+/// Reads a snapshot file: the header first, then the state
+/// ([`Reader::read_state`]), then (optionally) the records.
+///
+/// The state is decoded straight from the file, never held encoded in
+/// memory (at 10 million queued messages the encoding is hundreds of
+/// megabytes, which a restart used to hold beside the decoded state); its
+/// checksum is verified once it has been read, before it is returned.
 pub struct Reader<R> {
     input: CrcReader<BufReader<R>>,
-    pub meta: SnapshotMeta,
-    state_bytes: Vec<u8>,
+    meta_bytes: Vec<u8>,
+    state_len: u64,
+    state_read: bool,
 }
 
+/// Scratch for the strings of the state while they are decoded (postcard
+/// reads each into it before copying it out); the longest string the state
+/// holds is an attribute name of 256 bytes.
+const STATE_SCRATCH_BYTES: usize = 64 * 1024;
+
 impl<R: Read> Reader<R> {
+    /// Reads the header up to the state.
     pub fn open(input: R) -> io::Result<Reader<R>> {
         let mut input = CrcReader::new(BufReader::with_capacity(1 << 20, input));
         let mut magic = [0u8; 8];
@@ -149,31 +164,51 @@ impl<R: Read> Reader<R> {
         if state_len > STATE_BYTES_MAX {
             return Err(invalid(format!("snapshot state of {state_len} bytes")));
         }
-        let mut state_bytes = vec![0u8; state_len as usize];
-        input.read_exact(&mut state_bytes)?;
-        let crc = input.take_crc();
-        let stored = read_u32(&mut input.inner)?;
+        Ok(Reader { input, meta_bytes, state_len, state_read: false })
+    }
+
+    /// Decodes the meta and the state, then verifies the header's
+    /// checksum. Call once, before [`Reader::next_record`].
+    pub fn read_state<T: DeserializeOwned>(&mut self) -> io::Result<(SnapshotMeta, T)> {
+        if self.state_read {
+            return Err(io::Error::other("snapshot state read twice"));
+        }
+        self.state_read = true;
+        let mut section = BufReader::with_capacity(1 << 16, (&mut self.input).take(self.state_len));
+        let mut scratch = vec![0u8; STATE_SCRATCH_BYTES];
+        let decoded = postcard::from_io::<T, _>((&mut section, &mut scratch[..])).map(|(state, _)| state);
+        // Whatever the outcome, read the section to its end so that the
+        // checksum covers all of it: a corrupt state is reported as such.
+        let trailing = section.buffer().len() as u64;
+        let rest = io::copy(section.get_mut(), &mut io::sink())?;
+        let crc = self.input.take_crc();
+        let stored = read_u32(&mut self.input.inner)?;
         if crc != stored {
             return Err(invalid("snapshot header checksum mismatch"));
         }
-        let meta = decode(&meta_bytes)?;
-        Ok(Reader { input, meta, state_bytes })
+        let state = decoded.map_err(|e| invalid(format!("snapshot state: {e}")))?;
+        if trailing + rest != 0 {
+            return Err(invalid(format!("{} bytes after the snapshot state", trailing + rest)));
+        }
+        let meta = decode(&self.meta_bytes)?;
+        Ok((meta, state))
     }
 
-    /// Decodes the queue state and checks its invariants.
-    pub fn state(&self) -> io::Result<State> {
-        let state: State = decode(&self.state_bytes)?;
+    /// [`Reader::read_state`] for the queue state, with its invariants
+    /// checked.
+    pub fn read_queue_state(&mut self) -> io::Result<(SnapshotMeta, State)> {
+        let (meta, state): (SnapshotMeta, State) = self.read_state()?;
         state.check_invariants().map_err(|e| invalid(format!("snapshot state is inconsistent: {e}")))?;
-        Ok(state)
-    }
-
-    pub fn state_bytes(&self) -> &[u8] {
-        &self.state_bytes
+        Ok((meta, state))
     }
 
     /// The next message record, or `None` after the last one (once the end
-    /// checksum has been verified).
+    /// checksum has been verified). Records are handed out as they are
+    /// read, before that checksum: on an error, drop what was made of them.
     pub fn next_record(&mut self) -> io::Result<Option<(QueueId, Seq, Vec<u8>)>> {
+        if !self.state_read {
+            return Err(io::Error::other("snapshot records read before its state"));
+        }
         let queue_id = read_u64_be(&mut self.input)?;
         let seq = read_u64_be(&mut self.input)?;
         let len = read_u32(&mut self.input)?;
@@ -278,7 +313,8 @@ mod tests {
     use super::*;
 
     fn write_sample(path: &Path) {
-        let mut w = Writer::create(path, &SnapshotMeta::default(), b"state bytes").unwrap();
+        let state = encode(&"state bytes".to_string()).unwrap();
+        let mut w = Writer::create(path, &SnapshotMeta::default(), &state).unwrap();
         for seq in 1..=1000u64 {
             w.record(QueueId(1 + seq % 3), Seq(seq), &seq.to_le_bytes().repeat(seq as usize % 5)).unwrap();
         }
@@ -299,8 +335,39 @@ mod tests {
         w.record(QueueId(1), Seq(1), b"record").unwrap();
         w.finish().unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-        let r = Reader::open(File::open(&b).unwrap()).unwrap();
-        assert_eq!(r.state_bytes(), &bytes[..]);
+        let mut r = Reader::open(File::open(&b).unwrap()).unwrap();
+        let (_, read): (SnapshotMeta, Vec<(u64, String)>) = r.read_state().unwrap();
+        assert_eq!(read, state);
+        assert_eq!(r.next_record().unwrap(), Some((QueueId(1), Seq(1), b"record".to_vec())));
+        assert_eq!(r.next_record().unwrap(), None);
+    }
+
+    /// The state is decoded from the file as it is read, with a scratch
+    /// buffer far smaller than all its strings together.
+    #[test]
+    fn a_state_of_many_long_strings_is_decoded_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let state: Vec<String> = (0..4000u32).map(|i| format!("{i:0>256}")).collect();
+        assert!(state.len() * 256 > 10 * STATE_SCRATCH_BYTES);
+        let (w, _) = Writer::create_encoding(&path, &SnapshotMeta::default(), &state).unwrap();
+        w.finish().unwrap();
+        let mut r = Reader::open(File::open(&path).unwrap()).unwrap();
+        let (_, read): (SnapshotMeta, Vec<String>) = r.read_state().unwrap();
+        assert_eq!(read, state);
+        assert_eq!(r.next_record().unwrap(), None);
+    }
+
+    #[test]
+    fn bytes_after_the_state_in_its_section_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        let mut bytes = encode(&7u32).unwrap();
+        bytes.push(0);
+        Writer::create(&path, &SnapshotMeta::default(), &bytes).unwrap().finish().unwrap();
+        let mut r = Reader::open(File::open(&path).unwrap()).unwrap();
+        let err = r.read_state::<u32>().unwrap_err();
+        assert!(err.to_string().contains("1 bytes after the snapshot state"), "{err}");
     }
 
     #[test]
@@ -310,7 +377,9 @@ mod tests {
         write_sample(&path);
 
         let mut r = Reader::open(File::open(&path).unwrap()).unwrap();
-        assert_eq!(r.state_bytes(), b"state bytes");
+        assert!(r.next_record().is_err(), "records before the state");
+        let (_, state): (SnapshotMeta, String) = r.read_state().unwrap();
+        assert_eq!(state, "state bytes");
         let mut n = 0u64;
         while let Some((queue_id, seq, record)) = r.next_record().unwrap() {
             n += 1;
@@ -319,14 +388,16 @@ mod tests {
         }
         assert_eq!(n, 1000);
 
-        // A byte flipped in the header, then one in the records.
+        // A byte flipped in the meta, in the state, then in the records.
         let bytes = std::fs::read(&path).unwrap();
-        for at in [12, bytes.len() / 2] {
+        let state_at = bytes.windows(11).position(|w| w == b"state bytes").unwrap();
+        for at in [12, state_at + 3, bytes.len() / 2] {
             let mut bad = bytes.clone();
             bad[at] ^= 0x40;
             std::fs::write(&path, &bad).unwrap();
             let read_all = || -> io::Result<()> {
                 let mut r = Reader::open(File::open(&path)?)?;
+                r.read_state::<String>()?;
                 while r.next_record()?.is_some() {}
                 Ok(())
             };
