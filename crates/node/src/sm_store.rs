@@ -45,6 +45,7 @@ use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::histogram::exponential_buckets;
+use quorumq_raft_state_machine::CapturedState;
 use quorumq_raft_state_machine::Effect;
 use quorumq_raft_state_machine::MessageRecord;
 use quorumq_raft_state_machine::Outcome;
@@ -151,7 +152,7 @@ enum StateSource<'a> {
     /// Already encoded (a snapshot's, written to both files).
     Encoded(&'a [u8]),
     /// Encoded straight into the file, with no encoded copy in memory.
-    Value(&'a State),
+    Value(&'a CapturedState),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -575,15 +576,14 @@ impl Shared {
     /// The state, its log position and the body index as of the last
     /// applied entry, for a checkpoint or a snapshot. Runs in the state
     /// machine's task (so all three are as of `last_applied`), which waits
-    /// meanwhile: the state is cloned here (a few milliseconds for 200,000
-    /// messages) and encoded by the background writer (tens of
-    /// milliseconds, more with remembered ids; a checkpoint encodes it
-    /// straight into its file), which keeps the clone in memory while it
-    /// runs.
-    fn capture(&self) -> io::Result<(SnapshotMeta, State, Capture)> {
+    /// meanwhile: the state and the index are copied here, sharing their
+    /// per-message parts copy-on-write (a few bytes a message), and encoded
+    /// by the background writer (a checkpoint encodes the state straight
+    /// into its file).
+    fn capture(&self) -> io::Result<(SnapshotMeta, CapturedState, Capture)> {
         let applied = self.applied.read().expect("applied lock");
         let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.last_membership.clone() };
-        Ok((meta, applied.state.clone(), self.bodies.capture()?))
+        Ok((meta, applied.state.capture(), self.bodies.capture()?))
     }
 
     /// Replaces every message record of the group with those of `snapshot`
@@ -608,7 +608,7 @@ impl Shared {
             self.bodies.put_encoded(queue_id, seq, &record)?;
         }
         let capture = self.bodies.capture()?;
-        self.write_checkpoint(&meta, StateSource::Value(&state), capture)?;
+        self.write_checkpoint(&meta, StateSource::Value(&state.capture()), capture)?;
 
         self.put_meta(META_CURRENT, &CurrentSnapshot { file_name, meta: meta.clone() })?;
         self.remove_meta(META_INSTALLING)?;
@@ -780,7 +780,7 @@ impl StateMachineStore {
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     meta: SnapshotMeta,
-    captured: Option<(State, Capture)>,
+    captured: Option<(CapturedState, Capture)>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {

@@ -34,5 +34,6 @@ pub mod limits;
 mod state;
 mod types;
 
+pub use state::CapturedState;
 pub use state::State;
 pub use types::*;

@@ -170,9 +170,29 @@ struct Spill {
     departures: Vec<Departure>,
 }
 
+/// A copy of a [`State`] for a checkpoint or a snapshot to encode in the
+/// background. It serializes exactly as the state did when it was taken,
+/// and shares the per-message parts of that state copy-on-write (the
+/// chunks of its messages' metadata, the blocks of the remembered ids' expiry order),
+/// so taking one in the state machine's task, which every apply waits for,
+/// copies a few bytes per queued message instead of all of them; it has no
+/// lookup table of remembered ids, so it can only be serialized.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct CapturedState(State);
+
 impl State {
     pub fn new() -> Self {
         State::default()
+    }
+
+    /// A copy to encode: see [`CapturedState`].
+    pub fn capture(&self) -> CapturedState {
+        let mut copy = self.clone();
+        for queue in copy.queues.values_mut() {
+            queue.dedup = queue.dedup.for_encoding();
+        }
+        CapturedState(copy)
     }
 
     /// The state machine's clock: the largest `now_ms` applied so far.

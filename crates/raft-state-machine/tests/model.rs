@@ -1655,10 +1655,23 @@ fn run_case(setup: &[QueueConfig; 3], steps: &[Step]) -> Result<(), TestCaseErro
         let create = Step { clock: Clock::Same, op: Op::Create { queue, config: config.clone() } };
         run.step(&format!("setup (create {})", NAMES[queue]), &create)?;
     }
+    // Checkpoint captures taken along the way share the state's memory
+    // copy-on-write: each must encode as the state did when it was taken,
+    // however the state changed after it.
+    let mut captures = Vec::new();
     for (i, step) in steps.iter().enumerate() {
+        if i % 5 == 2 {
+            let bytes = postcard::to_stdvec(&run.state).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let captured = run.state.capture();
+            prop_assert_eq!(postcard::to_stdvec(&captured).ok(), Some(bytes.clone()), "capture at steps[{}]", i);
+            captures.push((i, captured, bytes));
+        }
         run.step(&format!("steps[{i}]"), step)?;
     }
     snapshot_round_trip(&run.state)?;
+    for (i, captured, bytes) in captures {
+        prop_assert_eq!(postcard::to_stdvec(&captured).ok(), Some(bytes), "capture at steps[{}], at the end", i);
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! so a scattered remainder costs about what a hash map would.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::Loc;
 
@@ -22,10 +23,8 @@ const EMPTY: Loc = Loc { seg: u32::MAX, off: u32::MAX, len: u32::MAX };
 enum Chunk {
     /// Sorted by offset in the chunk.
     Sparse(Vec<(u8, Loc)>),
-    Dense {
-        live: usize,
-        slots: Box<[Loc; CHUNK]>,
-    },
+    /// Shared copy-on-write with clones (see [`SeqIndex`]).
+    Dense { live: usize, slots: Arc<[Loc; CHUNK]> },
 }
 
 impl Chunk {
@@ -52,16 +51,17 @@ impl Chunk {
                     return None;
                 }
                 Err(_) => {
-                    let mut slots = Box::new([EMPTY; CHUNK]);
+                    let mut slots = Arc::new([EMPTY; CHUNK]);
+                    let new = Arc::get_mut(&mut slots).expect("not shared yet");
                     for (o, l) in items.iter() {
-                        slots[*o as usize] = *l;
+                        new[*o as usize] = *l;
                     }
                     *self = Chunk::Dense { live: items.len(), slots };
                 }
             }
         }
         let Chunk::Dense { live, slots } = self else { unreachable!("made dense above") };
-        let old = std::mem::replace(&mut slots[off as usize], loc);
+        let old = std::mem::replace(&mut Arc::make_mut(slots)[off as usize], loc);
         if old == EMPTY {
             *live += 1;
             None
@@ -77,15 +77,22 @@ impl Chunk {
                 Some(items.remove(i).1)
             }
             Chunk::Dense { live, slots } => {
-                let old = std::mem::replace(&mut slots[off as usize], EMPTY);
-                if old == EMPTY {
+                if slots[off as usize] == EMPTY {
                     return None;
                 }
+                let old = slots[off as usize];
                 *live -= 1;
                 if *live <= DENSE_MIN {
-                    let items = slots.iter().enumerate().filter(|(_, l)| **l != EMPTY).map(|(o, l)| (o as u8, *l));
+                    // Turns sparse: the shared slots are read, not copied.
+                    let items = slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(o, l)| **l != EMPTY && *o != off as usize)
+                        .map(|(o, l)| (o as u8, *l));
                     *self = Chunk::Sparse(items.collect());
+                    return Some(old);
                 }
+                Arc::make_mut(slots)[off as usize] = EMPTY;
                 Some(old)
             }
         }
@@ -105,8 +112,10 @@ impl Chunk {
     }
 }
 
-/// seq -> location for one queue. Cloning copies its chunks (12 bytes a
-/// message when dense): what a checkpoint's capture of the index costs.
+/// seq -> location for one queue. A clone (a checkpoint's capture, taken
+/// on the apply path) shares the dense chunks copy-on-write: it copies the
+/// map and the sparse chunks, not the 12 bytes a message of the dense ones,
+/// and a dense chunk is copied only when it changes while a clone holds it.
 #[derive(Clone, Default)]
 pub struct SeqIndex {
     chunks: BTreeMap<u64, Chunk>,
@@ -210,7 +219,13 @@ mod tests {
         fn behaves_like_a_map(ops in proptest::collection::vec(op(), 1..600)) {
             let mut index = SeqIndex::default();
             let mut model = BTreeMap::new();
-            for op in ops {
+            // Clones taken along the way (checkpoint captures) keep what
+            // they saw while the index changes after them.
+            let mut captures: Vec<(SeqIndex, BTreeMap<u64, Loc>)> = Vec::new();
+            for (i, op) in ops.into_iter().enumerate() {
+                if i % 97 == 50 {
+                    captures.push((index.clone(), model.clone()));
+                }
                 match op {
                     Op::Insert(seq, v) => {
                         let loc = Loc { seg: v, off: v * 3, len: v + 1 };
@@ -235,6 +250,11 @@ mod tests {
             }
             // No empty chunk is kept.
             prop_assert!(index.chunks.values().all(|c| c.len() > 0));
+            for (captured, seen) in captures {
+                let mut all = Vec::new();
+                captured.for_each(|seq, loc| all.push((seq, loc)));
+                prop_assert_eq!(all, seen.into_iter().collect::<Vec<_>>());
+            }
         }
     }
 }
