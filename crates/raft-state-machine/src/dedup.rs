@@ -105,6 +105,10 @@ impl Expiry {
         self.blocks.front().and_then(|b| b.front())
     }
 
+    fn back(&self) -> Option<&Due> {
+        self.blocks.back().and_then(|b| b.back())
+    }
+
     fn iter(&self) -> impl Iterator<Item = &Due> + '_ {
         self.blocks.iter().flat_map(|b| b.iter())
     }
@@ -315,17 +319,23 @@ impl Serialize for DedupIds {
 
 impl<'de> Deserialize<'de> for DedupIds {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<DedupIds, D::Error> {
-        /// The map of the snapshot format, keeping only the seqs.
-        struct SeqsOnly(Seqs);
-        impl<'de> Deserialize<'de> for SeqsOnly {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SeqsOnly, D::Error> {
+        /// The map of the snapshot format: the seqs, and the expiry order
+        /// too when the map comes in that order (as written since the
+        /// expiry blocks carry seqs; a map written in id order by an older
+        /// version leaves it to the expiry set, at a hash lookup per id).
+        struct MapPass {
+            seqs: Seqs,
+            expiry: Option<Expiry>,
+        }
+        impl<'de> Deserialize<'de> for MapPass {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<MapPass, D::Error> {
                 struct MapVisitor;
                 impl<'de> Visitor<'de> for MapVisitor {
-                    type Value = SeqsOnly;
+                    type Value = MapPass;
                     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                         f.write_str("a map of dedup entries")
                     }
-                    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<SeqsOnly, A::Error> {
+                    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<MapPass, A::Error> {
                         // Sized once (no table left behind by growing:
                         // the allocator may keep it), but never beyond what
                         // a queue can remember, whatever the length says.
@@ -333,18 +343,33 @@ impl<'de> Deserialize<'de> for DedupIds {
                             access.size_hint().unwrap_or(0).min(crate::limits::DEDUP_ENTRIES_PER_QUEUE_MAX),
                             Default::default(),
                         );
+                        let mut expiry = Some(Expiry::default());
                         while let Some((id, entry)) = access.next_entry::<IdHash, Entry>()? {
-                            seqs.insert(id, entry.seq);
+                            if seqs.insert(id, entry.seq).is_some() {
+                                return Err(serde::de::Error::custom("dedup ids: an id twice in the map"));
+                            }
+                            let due = Due { at: entry.expires_at_ms, id, seq: entry.seq };
+                            if let Some(built) = &mut expiry {
+                                if built.back().is_some_and(|last| last.key() >= due.key()) {
+                                    expiry = None;
+                                } else {
+                                    built.push_back(due);
+                                }
+                            }
                         }
-                        Ok(SeqsOnly(seqs))
+                        Ok(MapPass { seqs, expiry })
                     }
                 }
                 deserializer.deserialize_map(MapVisitor)
             }
         }
-        /// The expiry set of the snapshot format, each id given the seq
-        /// the map holds for it.
-        struct ExpiryOf<'a>(&'a Seqs);
+        /// The expiry set of the snapshot format: checked against the
+        /// order the map gave, or else each id given the seq the map holds
+        /// for it.
+        struct ExpiryOf<'a> {
+            seqs: &'a Seqs,
+            built: Option<Expiry>,
+        }
         impl<'de> DeserializeSeed<'de> for ExpiryOf<'_> {
             type Value = Expiry;
             fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Expiry, D::Error> {
@@ -357,13 +382,28 @@ impl<'de> Deserialize<'de> for DedupIds {
                 f.write_str("a sequence of (expires_at_ms, id)")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Expiry, A::Error> {
+                if let Some(built) = self.built {
+                    let differs = || serde::de::Error::custom("dedup ids: the expiry set differs from the map");
+                    {
+                        let mut expected = built.iter();
+                        while let Some(key) = access.next_element::<(u64, IdHash)>()? {
+                            if expected.next().map(Due::key) != Some(key) {
+                                return Err(differs());
+                            }
+                        }
+                        if expected.next().is_some() {
+                            return Err(differs());
+                        }
+                    }
+                    return Ok(built);
+                }
                 let mut expiry = Expiry::default();
                 while let Some((at, id)) = access.next_element::<(u64, IdHash)>()? {
                     let seq = *self
-                        .0
+                        .seqs
                         .get(&id)
                         .ok_or_else(|| serde::de::Error::custom("dedup ids: an expiry entry without its id"))?;
-                    if expiry.blocks.back().and_then(|b| b.back()).is_some_and(|d| d.key() >= (at, id)) {
+                    if expiry.back().is_some_and(|d| d.key() >= (at, id)) {
                         return Err(serde::de::Error::custom("dedup ids: the expiry set is out of order"));
                     }
                     expiry.push_back(Due { at, id, seq });
@@ -379,8 +419,8 @@ impl<'de> Deserialize<'de> for DedupIds {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<DedupIds, A::Error> {
                 let missing = || serde::de::Error::custom("dedup ids: missing part");
-                let SeqsOnly(seqs) = access.next_element()?.ok_or_else(missing)?;
-                let expiry = access.next_element_seed(ExpiryOf(&seqs))?.ok_or_else(missing)?;
+                let MapPass { seqs, expiry: built } = access.next_element()?.ok_or_else(missing)?;
+                let expiry = access.next_element_seed(ExpiryOf { seqs: &seqs, built })?.ok_or_else(missing)?;
                 if expiry.len != seqs.len() {
                     return Err(serde::de::Error::custom("dedup ids: the map and the expiry set differ in size"));
                 }
@@ -459,6 +499,27 @@ mod tests {
         let got: Vec<(u64, IdHash)> = ids.iter().map(|(id, _, at)| (at, id)).collect();
         let want: Vec<(u64, IdHash)> = model.into_iter().collect();
         assert_eq!(got, want);
+    }
+
+    /// The map, written in expiry order, gives the order; an expiry set
+    /// that disagrees with it, or an id twice in the map, is refused.
+    #[test]
+    fn a_map_and_an_expiry_set_that_disagree_are_refused() {
+        let entry = |seq, expires_at_ms| Entry { seq, expires_at_ms };
+        let entries = vec![(id(1), entry(1, 500)), (id(2), entry(2, 600))];
+        let good = postcard::to_stdvec(&(&entries, vec![(500u64, id(1)), (600u64, id(2))])).unwrap();
+        let ids: DedupIds = postcard::from_bytes(&good).unwrap();
+        assert_eq!((ids.len(), ids.seq_of(&id(2)), ids.first_expiry()), (2, Some(2), Some(500)));
+        assert_eq!(postcard::to_stdvec(&ids).unwrap(), good);
+        let bad_sets =
+            [vec![(500u64, id(1))], vec![(500, id(1)), (601, id(2))], vec![(500, id(1)), (600, id(2)), (700, id(3))]];
+        for expiry in bad_sets {
+            let bytes = postcard::to_stdvec(&(&entries, &expiry)).unwrap();
+            assert!(postcard::from_bytes::<DedupIds>(&bytes).is_err(), "{expiry:?}");
+        }
+        let twice = vec![(id(1), entry(1, 500)), (id(1), entry(2, 600))];
+        let bytes = postcard::to_stdvec(&(&twice, vec![(500u64, id(1)), (600u64, id(1))])).unwrap();
+        assert!(postcard::from_bytes::<DedupIds>(&bytes).is_err());
     }
 
     /// A copy for encoding shares the expiry blocks, encodes as the ids did
