@@ -177,21 +177,17 @@ impl Messages {
         let meta = self.get(seq)?;
         let (key, i) = split(seq);
         let chunk = self.chunks.get_mut(&key).expect("chunk of a live message");
-        if chunk.live == 1 {
-            // The last message of the chunk: drop it without copying it.
-            if chunk.slots[i].bits & FULL != 0 {
-                self.full.remove(&seq);
-            }
-            self.chunks.remove(&key);
-            self.len -= 1;
-            return Some(meta);
-        }
-        let chunk = Arc::make_mut(chunk);
         if chunk.slots[i].bits & FULL != 0 {
             self.full.remove(&seq);
         }
-        chunk.slots[i] = Slot::default();
-        chunk.live -= 1;
+        if chunk.live == 1 {
+            // The last message of the chunk: drop it without copying it.
+            self.chunks.remove(&key);
+        } else {
+            let chunk = Arc::make_mut(chunk);
+            chunk.slots[i] = Slot::default();
+            chunk.live -= 1;
+        }
         self.len -= 1;
         Some(meta)
     }
