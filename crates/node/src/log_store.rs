@@ -128,9 +128,9 @@ pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
 /// are already on disk. An fdatasync after a write that grows a file must
 /// also commit the file's new size and blocks through the filesystem's
 /// journal; over blocks that are already allocated and written it flushes
-/// only the data. On ext4 that took a 4 KiB write + fdatasync from
-/// 0.18-0.23 ms to 0.11-0.12 ms (`fallocate`'s unwritten extents only to
-/// 0.16 ms: their first write is a metadata change too). The zeroes go out
+/// only the data (`bench/disk.sh` prints both; ARCHITECTURE.md has the
+/// figures). `fallocate` is not enough: the first write to its unwritten
+/// extents is a metadata change too. The zeroes go out
 /// with the append that writes them, so one fdatasync in every
 /// `PREALLOCATE_BYTES` of log pays the journal commit; the price is that
 /// each byte of log is written twice, once as a zero.
