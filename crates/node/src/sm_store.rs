@@ -838,8 +838,22 @@ mod tests {
     use crate::types::QUEUES_GROUP;
     use crate::types::TypeConfig;
 
+    /// Opens the store in `dir`. A store of the same directory just dropped
+    /// may still be held for a moment by a task it started (a checkpoint
+    /// written in the background), and with it sled's lock on the
+    /// database: opening is retried for a few seconds.
     fn open(dir: &Path) -> StateMachineStore {
-        let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::Config::new().path(dir.join("db")).open() {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("opening the database again: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("opening the database: {e}"),
+            }
+        };
         StateMachineStore::open(db, QUEUES_GROUP, dir).unwrap()
     }
 
