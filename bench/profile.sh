@@ -12,13 +12,16 @@
 #     started PERF_DELAY seconds after the workload (past a consume
 #     workload's pre-fill), and the share of a core each node and the
 #     client used; PERF=all profiles the whole machine instead (samples by
-#     process, then by symbol).
+#     process, then by symbol); PERF=syscalls counts the leader's system
+#     calls instead (`perf trace -s`, all its threads added up, with the
+#     count per fdatasync: per Raft entry when each entry has its own).
 #
 #   bash bench/profile.sh consume            # consume + ack, prefetch 256, 100k pre-filled
 #   bash bench/profile.sh one                # publish, 1 producer x 1 in flight, 15 s
 #   bash bench/profile.sh many               # publish, 4 producers x 256 in flight
 #   PERF=1 bash bench/profile.sh consume     # and a perf profile of the leader
 #   PERF=all bash bench/profile.sh consume   # a profile of every process on the machine
+#   PERF=syscalls bash bench/profile.sh one  # the leader's system calls per Raft entry
 #
 # Knobs: MESSAGES (100000), DURATION (seconds, 15), SIZE (1024), BASE_PORT
 # (26100; gRPC BASE+1..3, HTTP BASE+11..13), PERF, PERF_DELAY (3), PERF_SECS (4),
@@ -100,7 +103,9 @@ if [ -n "${PERF:-}" ]; then
         watched=("${pids[@]}" "$drv_pid")
         before=(); for pid in "${watched[@]}"; do before+=("$(ticks "$pid")"); done
         idle0=$(awk '/^cpu / {print $5 + $6}' /proc/stat)
-        if [ "$PERF" = all ]; then
+        if [ "$PERF" = syscalls ]; then
+            perf trace -s -p "$leader_pid" -o "$dir/trace.txt" -- sleep "${PERF_SECS:-4}" >/dev/null 2>&1
+        elif [ "$PERF" = all ]; then
             # Every process on the machine: the three nodes and the client.
             perf record -F 499 -g -a -o "$dir/perf.data" -- sleep "${PERF_SECS:-4}" >/dev/null 2>&1
         else
@@ -203,7 +208,21 @@ for name, (pid, t0, t1) in zip(names, lines[:4]):
 _, i0, i1 = lines[4]
 print(f"machine idle: {(int(i1) - int(i0)) / hz / secs:.2f} of {cores} cores")
 EOF
-    if [ "$PERF" = all ]; then
+    if [ "$PERF" = syscalls ]; then
+        echo "the leader's system calls over the ${secs} s (all threads):"
+        python3 - "$dir/trace.txt" <<'EOF'
+import re, sys
+calls = {}
+for line in open(sys.argv[1]):
+    m = re.match(r'^\s+(\w+)\s+(\d+)\s+\d+\s+[0-9.]+', line)
+    if m:
+        calls[m.group(1)] = calls.get(m.group(1), 0) + int(m.group(2))
+syncs = calls.get("fdatasync", 0)
+for name, n in sorted(calls.items(), key=lambda kv: -kv[1])[:12]:
+    per = f", {n / syncs:.1f} per fdatasync" if syncs else ""
+    print(f"  {name:<14} {n:>8}{per}")
+EOF
+    elif [ "$PERF" = all ]; then
         echo "share of all samples by process:"
         perf report -i "$dir/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null |
             grep -E '^ +[0-9.]+%' | head -12 | cut -c1-100

@@ -246,12 +246,27 @@ struct Log {
     recent_bytes: u64,
 }
 
-/// Bytes of records kept in [`Log::recent`]: at 100k msgs/s of 1 KiB, over
-/// a tenth of a second of log.
-const RECENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Bytes of records kept in [`Log::recent`]: two entries of the largest
+/// batch (`limits::BATCH_BYTES_MAX`), as many as the leader keeps in
+/// flight; at 100k msgs/s of 1 KiB, 70 ms of log. (16 MiB held 2-4 more
+/// bytes of RSS per message at a 10M backlog, `bench/memory.sh`.)
+const RECENT_BYTES_MAX: u64 = 8 * 1024 * 1024;
 
 /// Largest append buffer kept for the next append.
 const WRITE_BUF_KEEP_MAX: usize = 16 * 1024 * 1024;
+
+/// The committed id as openraft last saved it, and its file.
+struct SavedCommitted {
+    id: Option<LogId>,
+    file: File,
+    /// When the file was last written.
+    written_at: Option<std::time::Instant>,
+}
+
+/// The `committed` file is rewritten at most this often: openraft saves the
+/// committed id on every commit, and a write per entry was a system call
+/// per entry on every node.
+const COMMITTED_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 struct Shared {
     dir: PathBuf,
@@ -259,7 +274,7 @@ struct Shared {
     /// Held while the `meta` file is rewritten, so that writes do not
     /// overtake each other.
     meta: Mutex<Meta>,
-    committed: Mutex<(Option<LogId>, File)>,
+    committed: Mutex<SavedCommitted>,
     /// Test-only fault (`Config::unsafe_ack_before_fsync`): appends are
     /// reported persisted at once, but kept in memory (`Log::unsynced`) and
     /// written to the segment only about a second later, as an operating
@@ -837,7 +852,7 @@ impl LogStore {
             dir: dir.to_path_buf(),
             log: Mutex::new(log),
             meta: Mutex::new(meta),
-            committed: Mutex::new(committed),
+            committed: Mutex::new(SavedCommitted { id: committed.0, file: committed.1, written_at: None }),
             ack_before_fsync: options.ack_before_fsync,
         });
         let stats = Arc::new(LogStats::default());
@@ -1251,18 +1266,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // node consistent with the log it actually has.
             return Ok(());
         }
-        // Written in place without fsync: a committed id older than the
-        // true one only means re-applying less on restart, and opening
-        // discards one that names an entry the log does not have.
-        let bytes = frame(&encode(&committed)?);
+        // Written in place without fsync, and at most every
+        // COMMITTED_WRITE_INTERVAL: a committed id older than the true one
+        // only means applying less on restart before the leader says how far
+        // the log is committed, and opening discards one that names an entry
+        // the log does not have.
         let mut saved = self.shared.committed.lock().expect("committed lock");
-        saved.1.write_all_at(&bytes, 0)?;
-        saved.0 = committed;
+        saved.id = committed;
+        if saved.written_at.is_none_or(|at| at.elapsed() >= COMMITTED_WRITE_INTERVAL) {
+            saved.file.write_all_at(&frame(&encode(&committed)?), 0)?;
+            saved.written_at = Some(std::time::Instant::now());
+        }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
-        Ok(self.shared.committed.lock().expect("committed lock").0)
+        Ok(self.shared.committed.lock().expect("committed lock").id)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
@@ -1416,6 +1435,11 @@ mod tests {
             let vote = Vote::new(2, 1);
             log.save_vote(&vote).await.expect("vote");
             log.save_committed(Some(log_id(2, 15))).await.expect("committed");
+            // Saved again at once: the file may keep the older id (it is
+            // rewritten at most every COMMITTED_WRITE_INTERVAL), the store
+            // answers the newer one.
+            log.save_committed(Some(log_id(2, 17))).await.expect("committed");
+            assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(2, 17)));
             log.purge(log_id(1, 3)).await.expect("purge");
         }
         let mut log = open(dir.path(), SEGMENT_BYTES_MAX);
@@ -1423,7 +1447,8 @@ mod tests {
         want.extend(expected(2, 11..=20));
         assert_eq!(ids(&mut log).await, want);
         assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
-        assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(2, 15)));
+        let committed = log.read_committed().await.expect("committed");
+        assert!([Some(log_id(2, 15)), Some(log_id(2, 17))].contains(&committed), "{committed:?}");
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
         assert_eq!(state.last_log_id, Some(log_id(2, 20)));
