@@ -122,7 +122,11 @@ pub fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(feature = "mimalloc")]
+    builder.on_thread_park(release_freed_memory);
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -164,4 +168,31 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit)
         }
     }
+}
+
+/// Called by each runtime thread as it goes idle: at most once a second,
+/// lets mimalloc hand back to the OS what this thread has freed. mimalloc
+/// returns a thread's freed pages only when that thread allocates again
+/// after a delay, so a node that went idle after a burst (a restart's
+/// replay of its log) kept the burst's memory; measured in BENCHMARKS.md.
+/// A node's Raft timers wake its threads several times a second, so each
+/// gets here often enough.
+#[cfg(feature = "mimalloc")]
+fn release_freed_memory() {
+    use std::cell::Cell;
+    use std::time::Duration;
+    use std::time::Instant;
+    const EVERY: Duration = Duration::from_secs(1);
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    LAST.with(|last| {
+        let now = Instant::now();
+        if last.get().is_none_or(|at| now.duration_since(at) >= EVERY) {
+            last.set(Some(now));
+            // SAFETY: mi_collect only walks and frees this thread's own
+            // mimalloc structures; it takes no pointers from us.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
+    });
 }
